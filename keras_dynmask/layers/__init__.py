@@ -1,0 +1,17 @@
+"""Keras layers: token masks, attention masks, attention, Transformer block."""
+
+from keras_dynmask.layers.attention import MultiHeadAttention
+from keras_dynmask.layers.attention_mask import AttentionMask
+from keras_dynmask.layers.token_masks import LengthMask
+from keras_dynmask.layers.token_masks import PaddingMask
+from keras_dynmask.layers.token_masks import SpanMask
+from keras_dynmask.layers.transformer_block import TransformerBlock
+
+__all__ = [
+    "AttentionMask",
+    "LengthMask",
+    "MultiHeadAttention",
+    "PaddingMask",
+    "SpanMask",
+    "TransformerBlock",
+]

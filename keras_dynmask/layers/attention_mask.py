@@ -1,0 +1,131 @@
+"""The `(B, T, S)` attention mask of one call: pattern & query & key masks."""
+
+import keras
+from keras import ops
+
+from keras_dynmask import masks
+from keras_dynmask import patterns
+from keras_dynmask.parsing import as_pattern
+
+_register = keras.saving.register_keras_serializable(package="keras_dynmask")
+
+
+def call_attention_mask(
+    pattern, query, key, query_mask=None, key_mask=None, offset=0, **inputs
+):
+    """The mask one attention call needs, built from this batch's tensors.
+
+    Args:
+        pattern: a `Pattern`.
+        query: tensor `(B, T, ...)`.
+        key: tensor `(B, S, ...)`.
+        query_mask: bool `(B, T)` or `None`.
+        key_mask: bool `(B, S)` or `None`.
+        offset: int or int tensor `(B,)`. Absolute position of query 0.
+        **inputs: per-example pattern inputs; `None` values are ignored.
+
+    Returns:
+        bool `(B|1, T, S)`, or `None` when nothing is masked at all.
+    """
+    inputs = {
+        name: value for name, value in inputs.items() if value is not None
+    }
+    pattern_mask = None
+    if not isinstance(pattern, patterns.Bidirectional):
+        pattern_mask = pattern.mask(
+            ops.shape(query)[1], ops.shape(key)[1], offset, **inputs
+        )
+    return masks.merge_masks(pattern_mask, query_mask, key_mask)
+
+
+@_register
+class AttentionMask(keras.layers.Layer):
+    """Builds a `(B, T, S)` attention mask from a pattern and token masks.
+
+    For users of stock `keras.layers.MultiHeadAttention(attention_mask=...)`:
+    the mask is rebuilt for every batch's own lengths, padding and
+    per-example inputs.
+
+    Masking: reads the propagated masks of `query` and `key` (padding);
+    its output carries no mask.
+
+    Args:
+        pattern: `Pattern` or pattern text, e.g. `"causal & window(3)"`.
+            Defaults to `"bidirectional"`.
+        **kwargs: base layer arguments.
+
+    Call arguments:
+        query: tensor `(B, T, ...)`.
+        key: tensor `(B, S, ...)`. Defaults to `query` (self-attention).
+        segment_ids, key_segment_ids, prefix_length, span_length,
+            span_position: per-example inputs the pattern reads.
+        offset: int or int tensor `(B,)`. Absolute position of query 0.
+
+    Returns:
+        bool `(B, T, S)`.
+
+    Example:
+
+    >>> import numpy as np, keras, keras_dynmask
+    >>> ids = np.array([[3, 4, 0]])
+    >>> x = keras.layers.Embedding(5, 2, mask_zero=True)(ids)
+    >>> m = keras_dynmask.AttentionMask("causal")(x)
+    >>> m.numpy().astype(int)
+    array([[[1, 0, 0],
+            [1, 1, 0],
+            [0, 0, 0]]])
+    """
+
+    def __init__(self, pattern="bidirectional", **kwargs):
+        super().__init__(**kwargs)
+        self.pattern = as_pattern(pattern)
+
+    def call(
+        self,
+        query,
+        key=None,
+        segment_ids=None,
+        key_segment_ids=None,
+        prefix_length=None,
+        span_length=None,
+        span_position=None,
+        offset=0,
+        mask=None,
+        query_mask=None,
+        key_mask=None,
+    ):
+        # Keras fills `mask` for a lone `query` and `query_mask`/`key_mask`
+        # when the layer gets several tensors.
+        if query_mask is None:
+            query_mask = mask
+        if key is None:
+            key, key_mask = query, query_mask
+        result = call_attention_mask(
+            self.pattern,
+            query,
+            key,
+            query_mask,
+            key_mask,
+            offset,
+            segment_ids=segment_ids,
+            key_segment_ids=key_segment_ids,
+            prefix_length=prefix_length,
+            span_length=span_length,
+            span_position=span_position,
+        )
+        shape = (ops.shape(query)[0], ops.shape(query)[1], ops.shape(key)[1])
+        if result is None:
+            return ops.ones(shape, dtype="bool")
+        return ops.broadcast_to(result, shape)
+
+    def compute_mask(self, *args, **kwargs):
+        return None
+
+    def compute_output_spec(self, query, key=None, **kwargs):
+        key = query if key is None else key
+        return keras.KerasTensor(
+            (query.shape[0], query.shape[1], key.shape[1]), dtype="bool"
+        )
+
+    def get_config(self):
+        return {**super().get_config(), "pattern": str(self.pattern)}

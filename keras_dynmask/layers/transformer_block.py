@@ -1,0 +1,199 @@
+"""A Transformer block (attention + feed-forward) that keeps masks alive."""
+
+import keras
+from keras import ops
+
+from keras_dynmask._checks import check_int
+from keras_dynmask._checks import check_rate
+from keras_dynmask._keras_mask import set_keras_mask
+from keras_dynmask.layers.attention import MultiHeadAttention
+from keras_dynmask.parsing import as_pattern
+
+_register = keras.saving.register_keras_serializable(package="keras_dynmask")
+
+
+@_register
+class TransformerBlock(keras.layers.Layer):
+    """Self-attention with a pattern, then a feed-forward network.
+
+    Each sub-block is residual, with layer normalization before it
+    (`normalize_first=True`, pre-LN) or after it (post-LN, as in BERT). The
+    residual sums happen inside the layer, so the padding mask survives any
+    number of stacked blocks (stock Keras loses it after one residual
+    attention block).
+
+    Masking: reads the propagated `(B, T)` mask of `inputs`; the output
+    carries the same mask.
+
+    Args:
+        num_heads: int > 0.
+        intermediate_dim: int > 0. Width of the feed-forward layer.
+        pattern: `Pattern` or pattern text. Defaults to `"bidirectional"`.
+        key_dim: int > 0. Size of each head. Defaults to
+            `hidden_dim // num_heads`.
+        dropout: float in `[0, 1)`. Dropout after attention and
+            feed-forward and on attention weights. Defaults to `0.0`.
+        activation: feed-forward activation. Defaults to `"gelu"`.
+        layer_norm_epsilon: float. Defaults to `1e-5`.
+        normalize_first: bool. Pre-LN when `True`. Defaults to `True`.
+        kernel_initializer: initializer. Defaults to `"glorot_uniform"`.
+        **kwargs: base layer arguments.
+
+    Call arguments:
+        inputs: tensor `(B, T, D)`.
+        segment_ids, prefix_length, span_length, span_position:
+            per-example inputs the pattern reads.
+        training: bool. Enables dropout.
+
+    Returns:
+        `(B, T, D)`, carrying the input's mask.
+
+    Example:
+
+    >>> import numpy as np, keras, keras_dynmask
+    >>> ids = np.array([[3, 4, 0]])
+    >>> x = keras.layers.Embedding(5, 8, mask_zero=True)(ids)
+    >>> block = keras_dynmask.TransformerBlock(2, 16, pattern="causal")
+    >>> y = block(block(x))
+    >>> keras_dynmask.get_keras_mask(y).numpy()
+    array([[ True,  True, False]])
+    """
+
+    def __init__(
+        self,
+        num_heads,
+        intermediate_dim,
+        pattern="bidirectional",
+        key_dim=None,
+        dropout=0.0,
+        activation="gelu",
+        layer_norm_epsilon=1e-5,
+        normalize_first=True,
+        kernel_initializer="glorot_uniform",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.num_heads = check_int("num_heads", num_heads, minimum=1)
+        self.intermediate_dim = check_int(
+            "intermediate_dim", intermediate_dim, minimum=1
+        )
+        self.pattern = as_pattern(pattern)
+        if key_dim is not None:
+            key_dim = check_int("key_dim", key_dim, minimum=1)
+        self.key_dim = key_dim
+        self.dropout = check_rate("dropout", dropout)
+        self.activation = keras.activations.get(activation)
+        self.layer_norm_epsilon = float(layer_norm_epsilon)
+        self.normalize_first = bool(normalize_first)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+
+    def build(self, inputs_shape):
+        hidden_dim = inputs_shape[-1]
+        key_dim = self.key_dim
+        if key_dim is None:
+            if hidden_dim % self.num_heads:
+                raise ValueError(
+                    f"The hidden size {hidden_dim} is not divisible by "
+                    f"num_heads={self.num_heads}; pass key_dim explicitly"
+                )
+            key_dim = hidden_dim // self.num_heads
+        common = {
+            "kernel_initializer": keras.initializers.serialize(
+                self.kernel_initializer
+            ),
+            "dtype": self.dtype_policy,
+        }
+        self._attention = MultiHeadAttention(
+            self.num_heads,
+            key_dim,
+            dropout=self.dropout,
+            pattern=self.pattern,
+            name="attention",
+            **common,
+        )
+        self._attention.build(inputs_shape, inputs_shape)
+        self._attention_norm = keras.layers.LayerNormalization(
+            epsilon=self.layer_norm_epsilon,
+            dtype=self.dtype_policy,
+            name="attention_norm",
+        )
+        self._attention_norm.build(inputs_shape)
+        self._intermediate = keras.layers.Dense(
+            self.intermediate_dim,
+            activation=self.activation,
+            name="intermediate",
+            **common,
+        )
+        self._intermediate.build(inputs_shape)
+        self._output = keras.layers.Dense(hidden_dim, name="output", **common)
+        self._output.build((*inputs_shape[:-1], self.intermediate_dim))
+        self._output_norm = keras.layers.LayerNormalization(
+            epsilon=self.layer_norm_epsilon,
+            dtype=self.dtype_policy,
+            name="output_norm",
+        )
+        self._output_norm.build(inputs_shape)
+        self._dropout_layer = keras.layers.Dropout(
+            self.dropout, dtype=self.dtype_policy
+        )
+
+    def call(
+        self,
+        inputs,
+        segment_ids=None,
+        prefix_length=None,
+        span_length=None,
+        span_position=None,
+        mask=None,
+        inputs_mask=None,
+        training=None,
+    ):
+        # Keras fills `mask` for a lone tensor and `inputs_mask` otherwise.
+        mask = inputs_mask if inputs_mask is not None else mask
+        x = inputs
+        normed = self._attention_norm(x) if self.normalize_first else x
+        attended = self._attention(
+            normed,
+            normed,
+            query_mask=mask,
+            value_mask=mask,
+            segment_ids=segment_ids,
+            prefix_length=prefix_length,
+            span_length=span_length,
+            span_position=span_position,
+            training=training,
+        )
+        x = x + self._dropout_layer(attended, training=training)
+        if not self.normalize_first:
+            x = self._attention_norm(x)
+        normed = self._output_norm(x) if self.normalize_first else x
+        hidden = self._output(self._intermediate(normed))
+        x = x + self._dropout_layer(hidden, training=training)
+        if not self.normalize_first:
+            x = self._output_norm(x)
+        if mask is not None:
+            set_keras_mask(x, ops.cast(mask, "bool"))
+        return x
+
+    def compute_mask(self, *args, **kwargs):
+        # Attached in `call`; see `_keras_mask` for why none is recorded.
+        return None
+
+    def compute_output_shape(self, inputs_shape):
+        return inputs_shape
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "num_heads": self.num_heads,
+            "intermediate_dim": self.intermediate_dim,
+            "pattern": str(self.pattern),
+            "key_dim": self.key_dim,
+            "dropout": self.dropout,
+            "activation": keras.activations.serialize(self.activation),
+            "layer_norm_epsilon": self.layer_norm_epsilon,
+            "normalize_first": self.normalize_first,
+            "kernel_initializer": keras.initializers.serialize(
+                self.kernel_initializer
+            ),
+        }

@@ -1,0 +1,372 @@
+"""Attention patterns: small serializable rules composed with `&`, `|`, `~`.
+
+A pattern says which keys each query may see, independent of padding. It
+becomes a `(B, T, S)` boolean mask only when called with the lengths (and
+per-example tensors) of a batch, so one pattern serves every length.
+
+Per-example inputs a pattern may read, by name:
+
+- `segment_ids` `(B, T)` and `key_segment_ids` `(B, S)` for `segment`;
+- `prefix_length` `(B,)` for `prefix` without a fixed length;
+- `span_length` and `span_position` `(B,)` for `span` without fixed values.
+"""
+
+import keras
+
+from keras_dynmask import masks
+from keras_dynmask._checks import check_int
+
+PATTERN_INPUTS = (
+    "segment_ids",
+    "key_segment_ids",
+    "prefix_length",
+    "span_length",
+    "span_position",
+)
+
+_register = keras.saving.register_keras_serializable(package="keras_dynmask")
+
+
+class Pattern:
+    """Base class: which keys each query may see.
+
+    Compose patterns with `&` (both allow), `|` (either allows) and `~`
+    (the complement). `str(pattern)` is text that `parse_pattern` reads back.
+    """
+
+    # Precedence for printing: `~` binds tighter than `&`, `&` than `|`.
+    _precedence = 3
+
+    def required_inputs(self):
+        """The per-example input names this pattern cannot do without."""
+        return frozenset()
+
+    def mask(self, query_length, key_length=None, offset=0, **inputs):
+        """Builds the boolean mask for one batch.
+
+        Args:
+            query_length: int or scalar tensor. `T`.
+            key_length: int or scalar tensor. `S`. Defaults to `T`.
+            offset: int or int tensor `(B,)`. Absolute position of query 0,
+                for decoding with a cache. Defaults to `0`.
+            **inputs: per-example tensors named in `PATTERN_INPUTS`.
+
+        Returns:
+            bool `(B, T, S)` (`B` is 1 when nothing varies per example).
+        """
+        unknown = sorted(set(inputs) - set(PATTERN_INPUTS))
+        if unknown:
+            raise ValueError(
+                f"Unknown pattern input {unknown[0]!r}; expected one of "
+                f"{', '.join(PATTERN_INPUTS)}"
+            )
+        for name in sorted(self.required_inputs()):
+            if inputs.get(name) is None:
+                raise ValueError(
+                    f"Pattern '{self}' needs the per-example input {name}, "
+                    f"received {name}=None"
+                )
+        key_length = query_length if key_length is None else key_length
+        return self._mask(query_length, key_length, offset, inputs)
+
+    def _mask(self, query_length, key_length, offset, inputs):
+        raise NotImplementedError
+
+    def get_config(self):
+        return {}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def __and__(self, other):
+        return And(self, other)
+
+    def __or__(self, other):
+        return Or(self, other)
+
+    def __rand__(self, other):
+        return And(other, self)
+
+    def __ror__(self, other):
+        return Or(other, self)
+
+    def __invert__(self):
+        return Not(self)
+
+    def __eq__(self, other):
+        return type(self) is type(other) and (
+            self.get_config() == other.get_config()
+        )
+
+    def __hash__(self):
+        return hash(str(self))
+
+    def __repr__(self):
+        return f"parse_pattern({str(self)!r})"
+
+
+def _check_pattern(name, value):
+    if not isinstance(value, Pattern):
+        raise ValueError(
+            f"{name} must be a Pattern (compose patterns only with patterns), "
+            f"received {name}={value!r} of type {type(value).__name__}"
+        )
+    return value
+
+
+@_register
+class Causal(Pattern):
+    """Forward pattern: query `i` sees key `j` iff `j <= i`."""
+
+    def _mask(self, query_length, key_length, offset, inputs):
+        return masks.causal_mask(query_length, key_length, offset)
+
+    def __str__(self):
+        return "causal"
+
+
+@_register
+class Backward(Pattern):
+    """Backward pattern: query `i` sees key `j` iff `j >= i`."""
+
+    def _mask(self, query_length, key_length, offset, inputs):
+        return masks.backward_mask(query_length, key_length, offset)
+
+    def __str__(self):
+        return "backward"
+
+
+@_register
+class Bidirectional(Pattern):
+    """Every query sees every key."""
+
+    def _mask(self, query_length, key_length, offset, inputs):
+        return masks.bidirectional_mask(query_length, key_length, offset)
+
+    def __str__(self):
+        return "bidirectional"
+
+
+@_register
+class Window(Pattern):
+    """Query `i` sees key `j` iff `i - left <= j <= i + right`.
+
+    Args:
+        left: int >= 0. Keys visible before the query.
+        right: int >= 0. Keys visible after it. Defaults to `left`.
+    """
+
+    def __init__(self, left, right=None):
+        self.left = check_int("left", left, minimum=0)
+        self.right = self.left if right is None else right
+        self.right = check_int("right", self.right, minimum=0)
+
+    def _mask(self, query_length, key_length, offset, inputs):
+        return masks.window_mask(
+            self.left, self.right, query_length, key_length, offset
+        )
+
+    def get_config(self):
+        return {"left": self.left, "right": self.right}
+
+    def __str__(self):
+        if self.left == self.right:
+            return f"window({self.left})"
+        return f"window({self.left}, {self.right})"
+
+
+@_register
+class Prefix(Pattern):
+    """Every query sees key `j` iff `j < P`.
+
+    Args:
+        length: int >= 0 or `None`. A fixed `P`; `None` reads the
+            per-example input `prefix_length`. Defaults to `None`.
+    """
+
+    def __init__(self, length=None):
+        if length is not None:
+            length = check_int("length", length, minimum=0)
+        self.length = length
+
+    def required_inputs(self):
+        return frozenset() if self.length is not None else {"prefix_length"}
+
+    def _mask(self, query_length, key_length, offset, inputs):
+        length = self.length
+        if length is None:
+            length = inputs["prefix_length"]
+        return masks.prefix_mask(length, query_length, key_length, offset)
+
+    def get_config(self):
+        return {"length": self.length}
+
+    def __str__(self):
+        return "prefix" if self.length is None else f"prefix({self.length})"
+
+
+@_register
+class Segment(Pattern):
+    """Query `i` sees key `j` iff both lie in the same segment."""
+
+    def required_inputs(self):
+        return frozenset({"segment_ids"})
+
+    def _mask(self, query_length, key_length, offset, inputs):
+        return masks.segment_mask(
+            inputs["segment_ids"], inputs.get("key_segment_ids")
+        )
+
+    def __str__(self):
+        return "segment"
+
+
+@_register
+class Span(Pattern):
+    """Every query sees key `j` iff `position <= j < position + length`.
+
+    Args:
+        length: int >= 0 or `None`. `LEN`; `None` reads `span_length`.
+        position: int >= 0 or `None`. `POS`; `None` reads `span_position`.
+            Give both or neither. Both default to `None`.
+    """
+
+    def __init__(self, length=None, position=None):
+        if (length is None) != (position is None):
+            raise ValueError(
+                "Span needs both length and position, or neither (to read "
+                "span_length and span_position per example), received "
+                f"length={length!r}, position={position!r}"
+            )
+        if length is not None:
+            length = check_int("length", length, minimum=0)
+            position = check_int("position", position, minimum=0)
+        self.length = length
+        self.position = position
+
+    def required_inputs(self):
+        if self.length is not None:
+            return frozenset()
+        return frozenset({"span_length", "span_position"})
+
+    def _mask(self, query_length, key_length, offset, inputs):
+        length, position = self.length, self.position
+        if length is None:
+            length = inputs["span_length"]
+            position = inputs["span_position"]
+        return masks.span_mask(
+            length, position, query_length, key_length, offset
+        )
+
+    def get_config(self):
+        return {"length": self.length, "position": self.position}
+
+    def __str__(self):
+        if self.length is None:
+            return "span"
+        return f"span({self.length}, {self.position})"
+
+
+class _Combination(Pattern):
+    """`&` or `|` of two or more patterns."""
+
+    _symbol = None
+    _combine = None
+
+    def __init__(self, *patterns):
+        if len(patterns) < 2:
+            raise ValueError(
+                f"{type(self).__name__} needs at least two patterns, "
+                f"received patterns={patterns!r}"
+            )
+        flat = []
+        for index, pattern in enumerate(patterns):
+            _check_pattern(f"patterns[{index}]", pattern)
+            # `a & b & c` keeps one flat level, which also prints flat.
+            flat.extend(
+                pattern.patterns if type(pattern) is type(self) else [pattern]
+            )
+        self.patterns = tuple(flat)
+
+    def required_inputs(self):
+        return frozenset().union(*(p.required_inputs() for p in self.patterns))
+
+    def _mask(self, query_length, key_length, offset, inputs):
+        result = None
+        for pattern in self.patterns:
+            mask = pattern._mask(query_length, key_length, offset, inputs)
+            result = mask if result is None else self._combine(result, mask)
+        return result
+
+    def get_config(self):
+        return {
+            "patterns": [
+                keras.saving.serialize_keras_object(p) for p in self.patterns
+            ]
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(
+            *(
+                keras.saving.deserialize_keras_object(p)
+                for p in config["patterns"]
+            )
+        )
+
+    def __str__(self):
+        parts = []
+        for pattern in self.patterns:
+            text = str(pattern)
+            if pattern._precedence <= self._precedence:
+                text = f"({text})"
+            parts.append(text)
+        return f" {self._symbol} ".join(parts)
+
+
+@_register
+class And(_Combination):
+    """Keys that every one of `patterns` allows."""
+
+    _symbol = "&"
+    _precedence = 2
+    _combine = staticmethod(keras.ops.logical_and)
+
+
+@_register
+class Or(_Combination):
+    """Keys that any one of `patterns` allows."""
+
+    _symbol = "|"
+    _precedence = 1
+    _combine = staticmethod(keras.ops.logical_or)
+
+
+@_register
+class Not(Pattern):
+    """Keys that `pattern` hides."""
+
+    def __init__(self, pattern):
+        self.pattern = _check_pattern("pattern", pattern)
+
+    def required_inputs(self):
+        return self.pattern.required_inputs()
+
+    def _mask(self, query_length, key_length, offset, inputs):
+        return keras.ops.logical_not(
+            self.pattern._mask(query_length, key_length, offset, inputs)
+        )
+
+    def get_config(self):
+        return {"pattern": keras.saving.serialize_keras_object(self.pattern)}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(keras.saving.deserialize_keras_object(config["pattern"]))
+
+    def __str__(self):
+        text = str(self.pattern)
+        if self.pattern._precedence < self._precedence:
+            text = f"({text})"
+        return f"~{text}"

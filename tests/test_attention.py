@@ -1,0 +1,142 @@
+"""MultiHeadAttention: numerics, masks kept alive, receptive fields."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_dynmask as kd
+from tests.helpers import VOCABULARY
+from tests.helpers import padded_ids
+
+
+def _stock_twin(layer, query):
+    """A stock Keras MHA holding the same weights as `layer`."""
+    stock = keras.layers.MultiHeadAttention(layer.num_heads, layer.key_dim)
+    stock(query, query)
+    stock.set_weights(layer.get_weights())
+    return stock
+
+
+@pytest.mark.parametrize("text", ["causal", "window(1) & segment", "prefix"])
+def test_equals_stock_keras_given_the_same_mask(text):
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(2, 6, 8)).astype("float32")
+    segments = np.array([[0, 0, 0, 1, 1, 1], [0, 1, 1, 1, 2, 2]], "int32")
+    prefix = np.array([2, 4], "int32")
+    layer = kd.MultiHeadAttention(2, 4, pattern=text)
+    ours = layer(x, x, segment_ids=segments, prefix_length=prefix)
+    mask = kd.parse_pattern(text).mask(
+        6, segment_ids=segments, prefix_length=prefix
+    )
+    mask = np.broadcast_to(np.asarray(mask), (2, 6, 6))
+    stock = _stock_twin(layer, x)(x, x, attention_mask=mask)
+    np.testing.assert_allclose(ours, stock, atol=1e-5)
+
+
+def test_keeps_the_masks_of_its_inputs():
+    ids = padded_ids([3, 5], 6)
+    x = keras.layers.Embedding(VOCABULARY, 8, mask_zero=True)(ids)
+    before = np.asarray(kd.get_keras_mask(x))
+    y = kd.MultiHeadAttention(2, 4, pattern="causal")(x, x)
+    np.testing.assert_array_equal(kd.get_keras_mask(x), before)
+    np.testing.assert_array_equal(kd.get_keras_mask(y), before)
+
+
+@pytest.mark.parametrize(
+    "mixed_policy",
+    ["float32", "mixed_float16", "mixed_bfloat16"],
+    indirect=True,
+)
+def test_rows_with_no_visible_key_are_finite_zeros(mixed_policy):
+    ids = padded_ids([0, 1, 4], 4)  # a fully padded row and a one-token row
+    embedding = keras.layers.Embedding(VOCABULARY, 8, mask_zero=True)
+    layer = kd.MultiHeadAttention(2, 4, pattern="causal & ~window(0)")
+    with tf.GradientTape() as tape:
+        x = embedding(ids)
+        y, weights = layer(x, x, return_attention_scores=True)
+        loss = tf.reduce_sum(tf.cast(y, "float32") ** 2)
+    grads = tape.gradient(loss, layer.trainable_variables)
+    y = np.asarray(tf.cast(y, "float32"))
+    assert np.isfinite(y).all()
+    assert all(np.isfinite(np.asarray(g)).all() for g in grads)
+    # Row 0 is all padding; position 0 sees nobody under `~window(0)`.
+    assert not y[0].any() and not y[:, 0].any()
+    assert not np.asarray(tf.cast(weights, "float32"))[0].any()
+    assert y[2, 1:].any()
+
+
+def test_a_whole_batch_of_padding_is_finite():
+    x = keras.layers.Embedding(VOCABULARY, 8, mask_zero=True)(
+        np.zeros((2, 3), "int32")
+    )
+    y = kd.TransformerBlock(2, 16, pattern="causal")(x)
+    assert np.isfinite(np.asarray(y)).all()
+
+
+def _jacobian(pattern, length=6):
+    keras.utils.set_random_seed(3)
+    x = tf.constant(
+        np.random.default_rng(3).normal(size=(1, length, 8)), tf.float32
+    )
+    blocks = [kd.TransformerBlock(2, 16, pattern=pattern) for _ in range(2)]
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        y = x
+        for block in blocks:
+            y = block(y)
+        outputs = [tf.reduce_sum(y[0, i] ** 2) for i in range(length)]
+    # (T_out, T_in): how much output i depends on input j.
+    return np.stack(
+        [
+            np.abs(np.asarray(tape.gradient(out, x)[0])).sum(axis=-1)
+            for out in outputs
+        ]
+    )
+
+
+def test_causal_receptive_field_by_gradients():
+    influence = _jacobian("causal")
+    future = np.triu(np.ones_like(influence, bool), k=1)
+    assert (influence[future] == 0).all()
+    assert (influence[~future] > 0).all()
+
+
+def test_backward_receptive_field_by_gradients():
+    influence = _jacobian("backward")
+    past = np.tril(np.ones_like(influence, bool), k=-1)
+    assert (influence[past] == 0).all()
+    assert (influence[~past] > 0).all()
+
+
+def test_decoding_with_an_offset_matches_the_full_sequence():
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(2, 8, 8)).astype("float32")
+    layer = kd.MultiHeadAttention(2, 4, pattern="causal & window(3)")
+    full = np.asarray(layer(x, x))
+    # The last three queries against all eight keys, as with a cache.
+    tail = np.asarray(layer(x[:, 5:], x, offset=5))
+    np.testing.assert_allclose(tail, full[:, 5:], atol=1e-6)
+    per_example = np.asarray(
+        layer(x[:, 5:], x, offset=np.array([5, 5], "int32"))
+    )
+    np.testing.assert_allclose(per_example, full[:, 5:], atol=1e-6)
+
+
+def test_explicit_attention_mask_is_combined():
+    x = np.random.default_rng(5).normal(size=(1, 4, 8)).astype("float32")
+    layer = kd.MultiHeadAttention(2, 4, pattern="causal")
+    explicit = np.asarray(kd.window_mask(0, 0, query_length=4))
+    _, weights = layer(
+        x, x, attention_mask=explicit, return_attention_scores=True
+    )
+    np.testing.assert_allclose(np.asarray(weights)[0, 0], np.eye(4), atol=1e-6)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="num_heads=0"):
+        kd.MultiHeadAttention(0, 4)
+    with pytest.raises(ValueError, match="dropout=1.5"):
+        kd.MultiHeadAttention(2, 4, dropout=1.5)
+    with pytest.raises(ValueError, match="key_dim='4'"):
+        kd.MultiHeadAttention(2, "4")

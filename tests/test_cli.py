@@ -1,0 +1,72 @@
+"""The keras-dynmask command line, run as a user runs it."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+import keras_dynmask as kd
+
+
+def _run(*args):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    return subprocess.run(
+        [sys.executable, "-m", "keras_dynmask.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+
+
+def test_show_mask_prints_only_the_mask(tmp_path):
+    png = tmp_path / "mask.png"
+    result = _run(
+        "show-mask",
+        "segment & (causal | prefix)",
+        "--length",
+        "6",
+        "--prefix",
+        "2",
+        "--segments",
+        "0,0,0,1,1,1",
+        "--png",
+        str(png),
+    )
+    assert result.returncode == 0, result.stderr
+    want = kd.parse_pattern("segment & (causal | prefix)").mask(
+        6,
+        segment_ids=np.array([[0, 0, 0, 1, 1, 1]]),
+        prefix_length=np.array([2]),
+    )
+    lines = ["".join(str(int(c)) for c in row) for row in np.asarray(want)[0]]
+    assert result.stdout.splitlines() == lines
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_show_mask_with_keys_and_an_offset():
+    result = _run(
+        "show-mask",
+        "causal",
+        "--length",
+        "2",
+        "--key-length",
+        "4",
+        "--offset",
+        "2",
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["1110", "1111"]
+
+
+def test_show_mask_reports_bad_input():
+    result = _run("show-mask", "causl", "--length", "3")
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert "unknown pattern word 'causl'" in result.stderr
+    result = _run("show-mask", "segment", "--length", "3", "--segments", "0,1")
+    assert result.returncode == 2
+    assert "--segments needs one id per key position (3), received 2" in (
+        result.stderr
+    )
