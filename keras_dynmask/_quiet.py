@@ -1,32 +1,33 @@
-"""Imports TensorFlow with its start-up log lines held back.
+"""Loads TensorFlow with its start-up log lines held back.
 
 TensorFlow's C++ core writes device probes ("Could not find cuda drivers",
 "oneDNN custom operations are on", "failed call to cuInit") to file
-descriptor 2 before `TF_CPP_MIN_LOG_LEVEL` applies. They are held back while
-TensorFlow loads and shown if loading fails. Setting `TF_CPP_MIN_LOG_LEVEL`
-to 0 or 1 yourself keeps them.
+descriptor 2 before `TF_CPP_MIN_LOG_LEVEL` applies. They are held back and
+shown only if loading fails. Setting `TF_CPP_MIN_LOG_LEVEL` to 0 or 1
+yourself keeps them.
 """
 
+import contextlib
 import os
 import sys
 import tempfile
 
 
-def import_tensorflow():
+@contextlib.contextmanager
+def _held_back_stderr():
     wanted = os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if "tensorflow" in sys.modules or wanted in ("0", "1"):
-        return
     try:
         sys.stderr.flush()
-        saved = os.dup(2)
+        saved = None if wanted in ("0", "1") else os.dup(2)
     except (OSError, ValueError):  # no real descriptor 2 to hold back
+        saved = None
+    if saved is None:
+        yield
         return
     with tempfile.TemporaryFile(mode="w+") as held:
         os.dup2(held.fileno(), 2)
         try:
-            import tensorflow as tf
-
-            tf.zeros(()) + 0  # the first op probes the devices and logs it
+            yield
         except BaseException:
             os.dup2(saved, 2)
             held.seek(0)
@@ -35,3 +36,23 @@ def import_tensorflow():
         finally:
             os.dup2(saved, 2)
             os.close(saved)
+
+
+def import_tensorflow():
+    """Imports TensorFlow quietly; starts no device, so users can still
+    configure devices (`tf.config`) after importing this package."""
+    if "tensorflow" in sys.modules:
+        return
+    with _held_back_stderr():
+        import tensorflow  # noqa: F401
+
+
+def start_devices():
+    """Runs a first op quietly: TensorFlow probes its devices and logs it.
+
+    For the command line only, which owns its process.
+    """
+    with _held_back_stderr():
+        import tensorflow as tf
+
+        tf.zeros(()) + 0

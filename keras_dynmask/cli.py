@@ -96,6 +96,9 @@ def _show_mask(args, parser):
 def main(argv=None):
     parser = _parser()
     args = parser.parse_args(argv)
+    from keras_dynmask import _quiet
+
+    _quiet.start_devices()
     if args.command == "show-mask":
         _show_mask(args, parser)
     elif args.command == "demo":

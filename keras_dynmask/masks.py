@@ -120,6 +120,14 @@ def backward_mask(query_length, key_length=None, offset=0):
 
     Returns:
         bool `(B, T, S)`.
+
+    Example:
+
+    >>> import keras_dynmask
+    >>> keras_dynmask.backward_mask(3).numpy().astype(int)
+    array([[[1, 1, 1],
+            [0, 1, 1],
+            [0, 0, 1]]])
     """
     query, key = _grid(query_length, key_length, offset)
     return ops.greater_equal(key, query)
@@ -184,6 +192,14 @@ def prefix_mask(prefix_length, query_length, key_length=None, offset=0):
 
     Returns:
         bool `(B, T, S)`.
+
+    Example:
+
+    >>> import numpy as np, keras_dynmask
+    >>> m = keras_dynmask.prefix_mask(np.array([1, 2]), query_length=3)
+    >>> m.numpy().astype(int)[:, 0]
+    array([[1, 0, 0],
+           [1, 1, 0]])
     """
     prefix_length = _parameter("prefix_length", prefix_length)
     query, key = _grid(query_length, key_length, offset)
@@ -204,6 +220,13 @@ def span_mask(length, position, query_length, key_length=None, offset=0):
 
     Returns:
         bool `(B, T, S)`.
+
+    Example:
+
+    >>> import keras_dynmask
+    >>> keras_dynmask.span_mask(2, 1, query_length=2, key_length=4).numpy()
+    array([[[False,  True,  True, False],
+            [False,  True,  True, False]]])
     """
     key_length = query_length if key_length is None else key_length
     query, key = _grid(query_length, key_length, offset)
@@ -253,6 +276,17 @@ def merge_masks(attention_mask=None, query_mask=None, key_mask=None):
 
     Returns:
         bool `(B, T, S)`, or `None` when every argument is `None`.
+
+    Example:
+
+    >>> import numpy as np, keras_dynmask
+    >>> padding = np.array([[True, True, False]])
+    >>> m = keras_dynmask.merge_masks(keras_dynmask.causal_mask(3), padding,
+    ...                               padding)
+    >>> m.numpy().astype(int)
+    array([[[1, 0, 0],
+            [1, 1, 0],
+            [0, 0, 0]]])
     """
     mask = attention_mask
     if query_mask is not None:

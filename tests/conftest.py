@@ -6,8 +6,8 @@ import keras  # noqa: E402
 import pytest  # noqa: E402
 from hypothesis import settings  # noqa: E402
 
-settings.register_profile("default", deadline=None, max_examples=300)
-settings.register_profile("long", deadline=None, max_examples=3000)
+settings.register_profile("default", deadline=None, max_examples=500)
+settings.register_profile("long", deadline=None, max_examples=5000)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 

@@ -66,12 +66,42 @@ def test_rows_with_no_visible_key_are_finite_zeros(mixed_policy):
     assert y[2, 1:].any()
 
 
-def test_a_whole_batch_of_padding_is_finite():
-    x = keras.layers.Embedding(VOCABULARY, 8, mask_zero=True)(
-        np.zeros((2, 3), "int32")
-    )
-    y = kd.TransformerBlock(2, 16, pattern="causal")(x)
-    assert np.isfinite(np.asarray(y)).all()
+@pytest.mark.parametrize(
+    "mixed_policy",
+    ["float32", "mixed_float16", "mixed_bfloat16"],
+    indirect=True,
+)
+def test_blocks_over_padding_only_are_finite(mixed_policy):
+    ids = np.zeros((2, 3), "int32")
+    ids[1, 0] = 7  # one row all padding, one row with a single token
+    x = keras.layers.Embedding(VOCABULARY, 8, mask_zero=True)(ids)
+    for _ in range(2):
+        x = kd.TransformerBlock(2, 16, pattern="causal")(x)
+    assert x.dtype == keras.config.dtype_policy().compute_dtype
+    assert np.isfinite(np.asarray(tf.cast(x, "float32"))).all()
+
+
+def test_span_parameters_from_a_variable_at_call_time():
+    x = np.random.default_rng(6).normal(size=(1, 5, 8)).astype("float32")
+    layer = kd.MultiHeadAttention(2, 4, pattern="span")
+    length = keras.Variable(1, dtype="int32", trainable=False)
+    position = keras.Variable(2, dtype="int32", trainable=False)
+    for size in (1, 3):
+        length.assign(size)
+        _, weights = layer(
+            x,
+            x,
+            span_length=length,
+            span_position=position,
+            return_attention_scores=True,
+        )
+        seen = np.asarray(weights)[0, 0] > 0
+        np.testing.assert_array_equal(
+            seen,
+            np.broadcast_to(
+                np.isin(np.arange(5), range(2, 2 + size)), seen.shape
+            ),
+        )
 
 
 def _jacobian(pattern, length=6):

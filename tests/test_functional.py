@@ -151,3 +151,39 @@ def test_downstream_keras_layers_see_the_run_time_mask():
         mask = (token_ids != 0) & (np.arange(6) < length)[None]
         want = (sequence * mask[..., None]).sum(1) / mask.sum(1)[:, None]
         np.testing.assert_allclose(pooled, want, atol=1e-5)
+
+
+def test_cross_attention_mask_uses_both_padding_masks():
+    embedding = keras.layers.Embedding(VOCABULARY, DIM, mask_zero=True)
+    queries = embedding(padded_ids([2, 3], 3))
+    keys = embedding(padded_ids([4, 1], 5))
+    got = np.asarray(kd.AttentionMask("causal")(queries, keys, offset=2))
+    i, j = np.arange(3)[:, None] + 2, np.arange(5)[None]
+    for b, (tq, tk) in enumerate([(2, 4), (3, 1)]):
+        want = (j <= i) & (np.arange(3) < tq)[:, None] & (j < tk)
+        np.testing.assert_array_equal(got[b], want)
+
+
+def test_the_loss_ignores_padding():
+    # The logits carry the padding mask, so Keras' loss skips padded
+    # targets: the same batch padded further gives the same loss.
+    keras.utils.set_random_seed(0)
+    ids = keras.Input((None,), dtype="int32")
+    x = keras.layers.Embedding(VOCABULARY, DIM)(ids)
+    x = kd.PaddingMask(pad_id=0)(x, token_ids=ids)
+    x = kd.TransformerBlock(2, 32, pattern="causal")(x)
+    model = keras.Model(ids, keras.layers.Dense(VOCABULARY)(x))
+    model.compile(
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
+    short = padded_ids([6, 3], 6)
+    targets = np.roll(short, -1, axis=1)
+    losses = [
+        model.evaluate(
+            np.pad(short, ((0, 0), (0, extra))),
+            np.pad(targets, ((0, 0), (0, extra))),
+            verbose=0,
+        )
+        for extra in (0, 20)
+    ]
+    assert abs(losses[0] - losses[1]) < 1e-5
