@@ -9,12 +9,14 @@ from keras_dynmask import _quiet
 
 _quiet.import_tensorflow()
 
+from keras_dynmask import schedules  # noqa: E402
 from keras_dynmask._keras_mask import get_keras_mask  # noqa: E402
 from keras_dynmask.layers import AttentionMask  # noqa: E402
 from keras_dynmask.layers import LengthMask  # noqa: E402
 from keras_dynmask.layers import MultiHeadAttention  # noqa: E402
 from keras_dynmask.layers import PaddingMask  # noqa: E402
 from keras_dynmask.layers import SpanMask  # noqa: E402
+from keras_dynmask.layers import TokenMasking  # noqa: E402
 from keras_dynmask.layers import TransformerBlock  # noqa: E402
 from keras_dynmask.masks import backward_mask  # noqa: E402
 from keras_dynmask.masks import bidirectional_mask  # noqa: E402
@@ -58,6 +60,7 @@ __all__ = [
     "Segment",
     "Span",
     "SpanMask",
+    "TokenMasking",
     "TransformerBlock",
     "Window",
     "backward_mask",
@@ -69,6 +72,7 @@ __all__ = [
     "padding_mask",
     "parse_pattern",
     "prefix_mask",
+    "schedules",
     "segment_mask",
     "span_mask",
     "span_token_mask",

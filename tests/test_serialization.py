@@ -21,6 +21,15 @@ LAYERS = [
     kd.TransformerBlock(
         2, 8, pattern="causal | prefix", dropout=0.1, normalize_first=False
     ),
+    kd.TokenMasking(
+        100,
+        mask_token_id=4,
+        unselectable_ids=[1, 2],
+        count="bernoulli",
+        seed=3,
+        static=True,
+        dupe_factor=4,
+    ),
 ]
 
 

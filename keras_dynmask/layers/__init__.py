@@ -1,7 +1,8 @@
-"""Keras layers: token masks, attention masks, attention, Transformer block."""
+"""Keras layers: token masks, masked-LM masking, attention, blocks."""
 
 from keras_dynmask.layers.attention import MultiHeadAttention
 from keras_dynmask.layers.attention_mask import AttentionMask
+from keras_dynmask.layers.token_masking import TokenMasking
 from keras_dynmask.layers.token_masks import LengthMask
 from keras_dynmask.layers.token_masks import PaddingMask
 from keras_dynmask.layers.token_masks import SpanMask
@@ -13,5 +14,6 @@ __all__ = [
     "MultiHeadAttention",
     "PaddingMask",
     "SpanMask",
+    "TokenMasking",
     "TransformerBlock",
 ]

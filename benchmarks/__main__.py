@@ -1,0 +1,28 @@
+"""`python -m benchmarks [--quick]`: every benchmark, one markdown report."""
+
+import argparse
+import os
+import platform
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def main():
+    parser = argparse.ArgumentParser(prog="python -m benchmarks")
+    parser.add_argument(
+        "--quick", action="store_true", help="fewer repeats, a short run"
+    )
+    args = parser.parse_args()
+
+    import keras_dynmask  # noqa: F401  (quiet TensorFlow start-up)
+    from benchmarks import masking
+
+    print(
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, "
+        f"Python {platform.python_version()}\n"
+    )
+    print("\n".join(masking.run(quick=args.quick)))
+
+
+if __name__ == "__main__":
+    main()

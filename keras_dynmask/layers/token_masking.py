@@ -1,0 +1,283 @@
+"""TokenMasking: RoBERTa's dynamic masked-LM masking as a Keras layer."""
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_dynmask import _random
+from keras_dynmask import masked_lm
+from keras_dynmask._checks import check_int
+from keras_dynmask._keras_mask import set_keras_mask
+
+_register = keras.saving.register_keras_serializable(package="keras_dynmask")
+
+
+def _check_fraction(name, value):
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not ok or not 0.0 <= value <= 1.0:
+        raise ValueError(
+            f"{name} must be a float in [0, 1], received {name}={value!r}"
+        )
+    return float(value)
+
+
+@_register
+class TokenMasking(keras.layers.Layer):
+    """Hides tokens for masked-LM training, drawing a fresh pattern per call.
+
+    RoBERTa's *dynamic masking*: each time a batch passes with
+    `training=True`, new tokens are selected (never padding, never
+    `unselectable_ids`), and each selected token becomes `mask_token_id`
+    (`mask_token_rate`), a random token (`random_token_rate`, drawn from the
+    vocabulary without the unselectable ids, the mask token and the pad id),
+    or stays itself (the rest).
+
+    With `static=True` it is BERT's *static masking* under the same API: an
+    example's mask is a fixed function of its content and one of
+    `dupe_factor` copies, the copy picked at random each time it is seen.
+
+    Masks are a function of (seed, step, row): the layer counts its training
+    calls in the `step` variable, so a rerun with the same seed reproduces
+    every mask and every step differs. `selection_rate` lives in the
+    variable `selection_rate_variable`, which a callback may change during
+    `model.fit` without retracing.
+
+    With `training=False` (inference, export) the layer draws nothing: the
+    ids pass unchanged, and the positions that already hold `mask_token_id`
+    are reported as selected, which is what a fill-mask request needs. Its
+    graph then holds no random op, so models convert to TFLite builtins.
+
+    Masking: reads the propagated padding mask of `token_ids` (or uses
+    `pad_id`); the output `token_ids` carry that padding mask onward.
+
+    Args:
+        vocabulary_size: int > 0.
+        mask_token_id: int in `[0, vocabulary_size)`.
+        selection_rate: float in `[0, 1]`. Defaults to `0.15`.
+        mask_token_rate: float in `[0, 1]`. Defaults to `0.8`.
+        random_token_rate: float in `[0, 1]`, with `mask_token_rate +
+            random_token_rate <= 1`. Defaults to `0.1`.
+        max_selections: int >= 1. `K`, the static width of the gathered
+            outputs and the most tokens selected per row. Defaults to `20`.
+        unselectable_ids: list of ints. Special tokens never selected nor
+            drawn. Defaults to `()`.
+        count: `"exact"` (`min(ceil(rate * n), K)` per row) or
+            `"bernoulli"` (a coin per token or word, at most `K`). Defaults
+            to `"exact"`.
+        pad_id: int or `None`. Padding id, used when no mask is propagated.
+            Defaults to `0`.
+        seed: int or `None`. Defaults to `None` (a random seed).
+        static: bool. BERT's static masking. Defaults to `False`.
+        dupe_factor: int >= 1. Fixed masks per example when `static`.
+            Defaults to `10`.
+        **kwargs: base layer arguments.
+
+    Call arguments:
+        token_ids: int `(B, T)`.
+        word_starts: optional bool `(B, T)`, `True` where a word begins
+            (whole-word masking: a word is selected or not as a whole).
+        training: bool.
+
+    Returns:
+        A dict: `token_ids` `(B, T)` (masked), `mask_positions` int32
+        `(B, K)`, `mask_ids` `(B, K)` (the original ids there),
+        `mask_weights` float32 `(B, K)` (1 for a real selection, 0 for
+        filler), `mask` bool `(B, T)` (the selected positions).
+
+    Example:
+
+    >>> import numpy as np, keras_dynmask
+    >>> layer = keras_dynmask.TokenMasking(
+    ...     vocabulary_size=10, mask_token_id=1, selection_rate=0.5,
+    ...     mask_token_rate=1.0, random_token_rate=0.0, max_selections=2,
+    ...     seed=7)
+    >>> out = layer(np.array([[5, 6, 7, 8, 0, 0]]), training=True)
+    >>> int(out["mask_weights"].numpy().sum()), out["token_ids"].shape
+    (2, TensorShape([1, 6]))
+    """
+
+    def __init__(
+        self,
+        vocabulary_size,
+        mask_token_id,
+        selection_rate=0.15,
+        mask_token_rate=0.8,
+        random_token_rate=0.1,
+        max_selections=20,
+        unselectable_ids=(),
+        count="exact",
+        pad_id=0,
+        seed=None,
+        static=False,
+        dupe_factor=10,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.vocabulary_size = check_int(
+            "vocabulary_size", vocabulary_size, minimum=1
+        )
+        self.mask_token_id = check_int("mask_token_id", mask_token_id)
+        if not 0 <= self.mask_token_id < self.vocabulary_size:
+            raise ValueError(
+                f"mask_token_id must be in [0, vocabulary_size="
+                f"{self.vocabulary_size}), received "
+                f"mask_token_id={mask_token_id!r}"
+            )
+        self.selection_rate = _check_fraction("selection_rate", selection_rate)
+        self.mask_token_rate = _check_fraction(
+            "mask_token_rate", mask_token_rate
+        )
+        self.random_token_rate = _check_fraction(
+            "random_token_rate", random_token_rate
+        )
+        if self.mask_token_rate + self.random_token_rate > 1.0 + 1e-9:
+            raise ValueError(
+                "mask_token_rate + random_token_rate must be <= 1, received "
+                f"mask_token_rate={mask_token_rate!r}, "
+                f"random_token_rate={random_token_rate!r}"
+            )
+        self.max_selections = check_int(
+            "max_selections", max_selections, minimum=1
+        )
+        if isinstance(unselectable_ids, (str, bytes)) or not hasattr(
+            unselectable_ids, "__iter__"
+        ):
+            raise ValueError(
+                "unselectable_ids must be a list of ints, received "
+                f"unselectable_ids={unselectable_ids!r}"
+            )
+        self.unselectable_ids = [
+            check_int("unselectable_ids[]", i) for i in unselectable_ids
+        ]
+        if count not in ("exact", "bernoulli"):
+            raise ValueError(
+                "count must be 'exact' or 'bernoulli', received "
+                f"count={count!r}"
+            )
+        self.count = count
+        self.pad_id = None if pad_id is None else check_int("pad_id", pad_id)
+        if seed is None:
+            seed = int(np.random.SeedSequence().generate_state(1)[0] >> 1)
+        self.seed = check_int("seed", seed, minimum=0)
+        self.static = bool(static)
+        self.dupe_factor = check_int("dupe_factor", dupe_factor, minimum=1)
+
+        excluded = set(self.unselectable_ids) | {self.mask_token_id}
+        if self.pad_id is not None:
+            excluded.add(self.pad_id)
+        drawable = np.setdiff1d(
+            np.arange(self.vocabulary_size), sorted(excluded)
+        ).astype("int32")
+        if self.random_token_rate > 0 and drawable.size == 0:
+            raise ValueError(
+                "The vocabulary is too small to draw random tokens from: "
+                f"vocabulary_size={self.vocabulary_size} with "
+                f"{len(excluded)} ids excluded (unselectable, mask, pad); "
+                "use random_token_rate=0"
+            )
+        self._drawable_ids = drawable
+        self.selection_rate_variable = self.add_weight(
+            shape=(),
+            dtype="float32",
+            initializer=keras.initializers.Constant(self.selection_rate),
+            trainable=False,
+            name="selection_rate",
+        )
+        self.step = self.add_weight(
+            shape=(),
+            dtype="int64",
+            initializer="zeros",
+            trainable=False,
+            name="step",
+        )
+
+    def call(
+        self,
+        token_ids,
+        word_starts=None,
+        training=None,
+        mask=None,
+        token_ids_mask=None,
+    ):
+        # Keras fills `mask` for a lone tensor, `token_ids_mask` otherwise.
+        incoming = token_ids_mask if token_ids_mask is not None else mask
+        valid = ops.ones_like(token_ids, dtype="bool")
+        if self.pad_id is not None:
+            valid = ops.not_equal(token_ids, self.pad_id)
+        if incoming is not None:
+            valid = ops.logical_and(valid, ops.cast(incoming, "bool"))
+
+        if not training:
+            outputs = masked_lm.find_mask_tokens(
+                token_ids, valid, self.mask_token_id, self.max_selections
+            )
+            outputs["token_ids"] = ops.copy(token_ids)
+        else:
+            outputs = masked_lm.mask_tokens(
+                token_ids,
+                self._row_keys(token_ids, valid),
+                valid,
+                ops.convert_to_tensor(self.unselectable_ids or [-1], "int32"),
+                self.mask_token_id,
+                self.selection_rate_variable,
+                self.mask_token_rate,
+                self.random_token_rate,
+                self.max_selections,
+                ops.convert_to_tensor(self._drawable_ids),
+                count=self.count,
+                word_starts=word_starts,
+            )
+            self.step.assign_add(1)
+        set_keras_mask(outputs["token_ids"], valid)
+        return outputs
+
+    def _row_keys(self, token_ids, valid):
+        batch = ops.shape(token_ids)[0]
+        keys = _random.row_keys(self.seed, self.step, batch)
+        if not self.static:
+            return keys
+        # The copy is random per sighting; the mask of a copy is fixed by
+        # the example's real tokens alone.
+        draw = _random.uniform(keys, 1)[:, 0]
+        copy = ops.cast(draw * self.dupe_factor, "int64")
+        content = _random.combine(ops.convert_to_tensor(self.seed, "int64"), 0)
+        ids = ops.where(valid, token_ids, -1)
+        for_content = _random.combine(
+            ops.expand_dims(content, 0),
+            ops.cast(ids, "int64") * 4096
+            + ops.expand_dims(ops.arange(ops.shape(ids)[1], dtype="int64"), 0),
+        )
+        fingerprint = ops.sum(for_content, axis=1)
+        return _random.combine(_random.combine(content, fingerprint), copy)
+
+    def compute_mask(self, *args, **kwargs):
+        # Attached in `call`; see `_keras_mask` for why none is recorded.
+        return None
+
+    def compute_output_spec(self, token_ids, word_starts=None, **kwargs):
+        batch, length = token_ids.shape[0], token_ids.shape[1]
+        k = self.max_selections
+        return {
+            "token_ids": keras.KerasTensor(token_ids.shape, token_ids.dtype),
+            "mask_positions": keras.KerasTensor((batch, k), "int32"),
+            "mask_ids": keras.KerasTensor((batch, k), token_ids.dtype),
+            "mask_weights": keras.KerasTensor((batch, k), "float32"),
+            "mask": keras.KerasTensor((batch, length), "bool"),
+        }
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "vocabulary_size": self.vocabulary_size,
+            "mask_token_id": self.mask_token_id,
+            "selection_rate": self.selection_rate,
+            "mask_token_rate": self.mask_token_rate,
+            "random_token_rate": self.random_token_rate,
+            "max_selections": self.max_selections,
+            "unselectable_ids": list(self.unselectable_ids),
+            "count": self.count,
+            "pad_id": self.pad_id,
+            "seed": self.seed,
+            "static": self.static,
+            "dupe_factor": self.dupe_factor,
+        }

@@ -1,0 +1,320 @@
+"""Masked-LM selection and replacement as pure `keras.ops` functions.
+
+Shared by the `TokenMasking` layer and the tf.data step, so both follow one
+set of rules:
+
+- a *candidate* is a real token (not padding) whose id is selectable;
+- with `word_starts`, a word (a start token and the continuations after it)
+  is selected or not as a whole; without it, every token is its own word;
+- `count="exact"` selects `min(ceil(rate * n), K)` of the `n` candidate
+  words per row (tensorflow-text's rule); `count="bernoulli"` flips one
+  coin per word (HuggingFace's rule); either way at most `K` tokens are
+  selected, and a word that would not fit whole is left out;
+- each selected token becomes the mask token with probability
+  `mask_token_rate`, a random drawable token with `random_token_rate`, and
+  stays itself otherwise.
+
+Randomness comes from per-row keys (`keras_dynmask._random`), so results are
+a function of (key, position) only.
+"""
+
+from keras import ops
+
+from keras_dynmask import _random
+
+# The stream derived from the selection scores' random bits.
+_DECISIONS = 1
+# `ceil` tolerance: 0.15 * 20 is 3.0000000000000004 in floating point.
+_CEIL_TOLERANCE = 1e-4
+
+
+def word_ids(word_starts, candidates):
+    """Word index of every token, `(B, T)` int32.
+
+    A new word starts at each flagged token and wherever candidacy changes,
+    so no word mixes selectable and unselectable tokens.
+    """
+    previous = ops.pad(candidates[:, :-1], ((0, 0), (1, 0)))
+    starts = ops.logical_or(
+        ops.cast(word_starts, "bool"), ops.not_equal(candidates, previous)
+    )
+    first = ops.expand_dims(ops.equal(ops.arange(ops.shape(starts)[1]), 0), 0)
+    starts = ops.logical_or(starts, first)
+    return ops.cumsum(ops.cast(starts, "int32"), axis=1) - 1
+
+
+def _candidates_and_wanted(
+    candidates, scores, n_items, rate, max_selections, count
+):
+    """Bernoulli keeps the items whose score (uniform) is below the rate:
+    one coin each; the scores of the winners stay uniform, so ranking them
+    still picks a uniform subset when more than `K` win."""
+    rate = ops.cast(rate, "float32")
+    if count == "bernoulli":
+        candidates = ops.logical_and(candidates, ops.less(scores, rate))
+        return candidates, None
+    wanted = ops.ceil(ops.cast(n_items, "float32") * rate - _CEIL_TOLERANCE)
+    return candidates, ops.minimum(ops.cast(wanted, "int32"), max_selections)
+
+
+def select_tokens(candidates, scores, rate, max_selections, count):
+    """Chooses tokens among the candidates (every token is its own word).
+
+    Args:
+        candidates: bool `(B, T)`.
+        scores: float32 `(B, T)`, uniform in `[0, 1)`.
+        rate: float or scalar tensor. Selection rate.
+        max_selections: int. `K`, the most tokens selected per row.
+        count: `"exact"` or `"bernoulli"`.
+
+    Returns:
+        `(selected, positions, weights)`: bool `(B, T)`, and as in
+        `gather_selection`.
+    """
+    length = ops.shape(candidates)[1]
+    n_items = ops.sum(ops.cast(candidates, "int32"), axis=1)
+    candidates, wanted = _candidates_and_wanted(
+        candidates, scores, n_items, rate, max_selections, count
+    )
+    if wanted is None:
+        wanted = ops.minimum(
+            ops.sum(ops.cast(candidates, "int32"), axis=1), max_selections
+        )
+    # The K best-scored candidates, padded so that K <= T is not needed.
+    ranked = ops.pad(
+        ops.where(candidates, scores, -1.0),
+        ((0, 0), (0, max_selections)),
+        constant_values=-2.0,
+    )
+    _, picked = ops.top_k(ranked, max_selections)
+    picked = ops.cast(picked, "int32")
+    used = ops.less(ops.arange(max_selections), ops.expand_dims(wanted, 1))
+    hits = ops.logical_and(
+        ops.equal(
+            ops.expand_dims(picked, 2),
+            ops.reshape(ops.arange(length, dtype="int32"), (1, 1, -1)),
+        ),
+        ops.expand_dims(used, 2),
+    )
+    # Used slots first, each in position order (a sort of K values).
+    positions = ops.sort(ops.where(used, picked, length + max_selections))
+    positions = ops.where(used, positions, 0)
+    return ops.any(hits, axis=1), positions, ops.cast(used, "float32")
+
+
+def select_words(candidates, words, scores, rate, max_selections, count):
+    """Chooses whole words among the candidates.
+
+    Args:
+        candidates: bool `(B, T)`.
+        words: int32 `(B, T)`, from `word_ids`.
+        scores: float32 `(B, T)`, uniform in `[0, 1)`; word `w` uses
+            `scores[:, w]`.
+        rate: float or scalar tensor. Selection rate.
+        max_selections: int. `K`, the most tokens selected per row.
+        count: `"exact"` or `"bernoulli"`.
+
+    Returns:
+        bool `(B, T)`, the selected tokens.
+    """
+    batch, length = ops.shape(candidates)[0], ops.shape(candidates)[1]
+    word_scores = ops.take_along_axis(scores, words, axis=1)
+    # A word is counted once, at its first token.
+    is_start = ops.not_equal(
+        words, ops.pad(words[:, :-1], ((0, 0), (1, 0)), constant_values=-1)
+    )
+    n_items = ops.sum(
+        ops.cast(ops.logical_and(is_start, candidates), "int32"), axis=1
+    )
+    candidates, wanted = _candidates_and_wanted(
+        candidates, word_scores, n_items, rate, max_selections, count
+    )
+    if wanted is None:
+        wanted = ops.full_like(n_items, length)
+
+    # Sort tokens by their word's score; a word's tokens stay together
+    # (equal scores; top_k keeps ties in position order).
+    scores = ops.where(candidates, word_scores, -1.0)
+    sorted_scores, order = ops.top_k(scores, length)
+    sorted_candidates = ops.take_along_axis(candidates, order, axis=1)
+    sorted_words = ops.take_along_axis(words, order, axis=1)
+    new_word = ops.not_equal(
+        sorted_words,
+        ops.pad(sorted_words[:, :-1], ((0, 0), (1, 0)), constant_values=-1),
+    )
+    rank = ops.cumsum(ops.cast(new_word, "int32"), axis=1) - 1
+    tokens_so_far = ops.cumsum(ops.cast(sorted_candidates, "int32"), axis=1)
+    # Tokens used once this token's whole word is in: the running count at
+    # the word's last token, gathered back to every token of the word.
+    flat_rank = rank + ops.expand_dims(ops.arange(batch) * length, 1)
+    word_end = ops.segment_max(
+        ops.reshape(tokens_so_far, (-1,)),
+        ops.reshape(flat_rank, (-1,)),
+        num_segments=batch * length,
+    )
+    tokens_at_word_end = ops.reshape(
+        ops.take(word_end, ops.reshape(flat_rank, (-1,))), (batch, length)
+    )
+    chosen = ops.logical_and(
+        sorted_candidates,
+        ops.logical_and(
+            ops.less(rank, ops.expand_dims(wanted, 1)),
+            ops.less_equal(tokens_at_word_end, max_selections),
+        ),
+    )
+    # Back to position order.
+    return ops.take_along_axis(chosen, ops.argsort(order, axis=1), axis=1)
+
+
+def gather_selection(token_ids, selected, max_selections):
+    """The selected positions in order, padded to `K`.
+
+    Returns:
+        `(positions, weights)`: int32 `(B, K)` positions (0 where unused) and
+        float32 `(B, K)` weights (1 for a real selection).
+    """
+    length = ops.shape(token_ids)[1]
+    positions = ops.arange(length, dtype="int32")
+    # Earlier positions score higher; unselected ones never beat selected.
+    scores = ops.where(selected, length - positions, -1)
+    scores = ops.pad(scores, ((0, 0), (0, max_selections)), constant_values=-2)
+    _, picked = ops.top_k(scores, max_selections)
+    n_selected = ops.sum(ops.cast(selected, "int32"), axis=1, keepdims=True)
+    used = ops.less(ops.arange(max_selections), n_selected)
+    picked = ops.where(used, ops.cast(picked, "int32"), 0)
+    return picked, ops.cast(used, "float32")
+
+
+def replace(
+    token_ids,
+    selected,
+    random_bits,
+    mask_token_id,
+    mask_token_rate,
+    random_token_rate,
+    drawable_ids,
+):
+    """Applies the mask / random / keep decision to the selected tokens.
+
+    Returns:
+        int32 `(B, T)`: the masked token ids.
+    """
+    # One stream serves both choices: its top 24 bits decide, and within
+    # the random band its bits are uniform over a range of about 2**28
+    # values, so their remainder picks a replacement with a bias below
+    # vocabulary / 2**28.
+    decision_bits = _random.stream(random_bits, _DECISIONS)
+    decision = _random.unit(decision_bits)
+    to_mask = ops.logical_and(selected, ops.less(decision, mask_token_rate))
+    masked = ops.where(to_mask, mask_token_id, token_ids)
+    if random_token_rate > 0 and drawable_ids is not None:
+        to_random = ops.logical_and(
+            ops.logical_and(selected, ops.logical_not(to_mask)),
+            ops.less(decision, mask_token_rate + random_token_rate),
+        )
+        size = ops.shape(drawable_ids)[0]
+        index = ops.cast(ops.mod(decision_bits, size), "int32")
+        random_ids = ops.take(drawable_ids, index)
+        masked = ops.where(to_random, random_ids, masked)
+    return ops.cast(masked, token_ids.dtype)
+
+
+def mask_tokens(
+    token_ids,
+    keys,
+    valid,
+    unselectable_ids,
+    mask_token_id,
+    selection_rate,
+    mask_token_rate,
+    random_token_rate,
+    max_selections,
+    drawable_ids,
+    count="exact",
+    word_starts=None,
+):
+    """Selects and replaces tokens for masked-LM training.
+
+    Args:
+        token_ids: int `(B, T)`.
+        keys: int64 `(B,)`. Row keys; the result is a function of them.
+        valid: bool `(B, T)`. Real (non-padding) positions.
+        unselectable_ids: int tensor `(U,)` or `None`. Never selected.
+        mask_token_id: int.
+        selection_rate: float or scalar tensor (a variable to schedule it).
+        mask_token_rate: float. Share of selections set to the mask token.
+        random_token_rate: float. Share set to a random drawable token.
+        max_selections: int. `K`.
+        drawable_ids: int tensor `(M,)`. Random replacements come from here.
+        count: `"exact"` or `"bernoulli"`.
+        word_starts: bool `(B, T)` or `None` (every token is a word).
+
+    Returns:
+        A dict: `token_ids` `(B, T)`, `mask` bool `(B, T)`,
+        `mask_positions` int32 `(B, K)`, `mask_ids` `(B, K)`,
+        `mask_weights` float32 `(B, K)`.
+    """
+    candidates = ops.cast(valid, "bool")
+    if unselectable_ids is not None:
+        special = ops.any(
+            ops.equal(
+                ops.expand_dims(token_ids, -1),
+                ops.reshape(
+                    ops.cast(unselectable_ids, token_ids.dtype), (1, 1, -1)
+                ),
+            ),
+            axis=-1,
+        )
+        candidates = ops.logical_and(candidates, ops.logical_not(special))
+    random_bits = _random.bits(keys, ops.shape(token_ids)[1])
+    scores = _random.unit(random_bits)
+    if word_starts is None:
+        selected, positions, weights = select_tokens(
+            candidates, scores, selection_rate, max_selections, count
+        )
+    else:
+        words = word_ids(word_starts, candidates)
+        selected = select_words(
+            candidates, words, scores, selection_rate, max_selections, count
+        )
+        positions, weights = gather_selection(
+            token_ids, selected, max_selections
+        )
+    masked = replace(
+        token_ids,
+        selected,
+        random_bits,
+        mask_token_id,
+        mask_token_rate,
+        random_token_rate,
+        drawable_ids,
+    )
+    return _outputs(token_ids, masked, selected, positions, weights)
+
+
+def find_mask_tokens(token_ids, valid, mask_token_id, max_selections):
+    """Inference: the positions that already hold the mask token.
+
+    No random op: what a fill-mask request marked is what gets predicted.
+    Returns the same dict as `mask_tokens`, with `token_ids` unchanged; past
+    `K` mask tokens, the first `K` are selected.
+    """
+    selected = ops.logical_and(
+        ops.cast(valid, "bool"), ops.equal(token_ids, mask_token_id)
+    )
+    seen = ops.cumsum(ops.cast(selected, "int32"), axis=1)
+    selected = ops.logical_and(selected, ops.less_equal(seen, max_selections))
+    positions, weights = gather_selection(token_ids, selected, max_selections)
+    return _outputs(token_ids, token_ids, selected, positions, weights)
+
+
+def _outputs(original, masked, selected, positions, weights):
+    mask_ids = ops.take_along_axis(original, positions, axis=1)
+    mask_ids = ops.where(ops.greater(weights, 0), mask_ids, 0)
+    return {
+        "token_ids": masked,
+        "mask_positions": positions,
+        "mask_ids": mask_ids,
+        "mask_weights": weights,
+        "mask": selected,
+    }

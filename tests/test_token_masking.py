@@ -1,0 +1,330 @@
+"""TokenMasking: statistics, exact counts, determinism, inference, export."""
+
+import math
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_dynmask as kd
+
+VOCAB = 40
+MASK, CLS, SEP, PAD = 1, 2, 3, 0
+SPECIAL = [CLS, SEP]
+
+
+def _batch(rows=256, length=48, seed=0):
+    """[CLS] tokens [SEP] then padding, rows of random lengths."""
+    rng = np.random.default_rng(seed)
+    ids = np.full((rows, length), PAD, "int32")
+    for row in range(rows):
+        n = int(rng.integers(0, length - 1))
+        ids[row, 0] = CLS
+        ids[row, 1 : n + 1] = rng.integers(4, VOCAB, n)
+        ids[row, n + 1] = SEP
+    return ids
+
+
+def _layer(**kwargs):
+    settings = {
+        "vocabulary_size": VOCAB,
+        "mask_token_id": MASK,
+        "unselectable_ids": SPECIAL,
+        "max_selections": 48,
+        "seed": 1,
+        **kwargs,
+    }
+    return kd.TokenMasking(**settings)
+
+
+def _interval(successes, trials, p, z=4.5):
+    """Whether successes/trials lies within z binomial sigmas of p."""
+    sigma = math.sqrt(p * (1 - p) / trials)
+    return abs(successes / trials - p) <= z * sigma
+
+
+def test_exact_count_per_row():
+    ids = _batch()
+    candidates = (ids != PAD) & ~np.isin(ids, SPECIAL)
+    for k in (48, 3):
+        for rate in (0.15, 0.5):
+            out = _layer(selection_rate=rate, max_selections=k)(
+                ids, training=True
+            )
+            n = candidates.sum(1)
+            want = np.minimum(np.ceil(np.round(n * rate, 6)), k)
+            np.testing.assert_array_equal(np.asarray(out["mask"]).sum(1), want)
+            np.testing.assert_array_equal(
+                np.asarray(out["mask_weights"]).sum(1), want
+            )
+
+
+def test_bernoulli_fraction_within_its_binomial_interval():
+    layer = _layer(count="bernoulli", selection_rate=0.15)
+    selected = trials = 0
+    for seed in range(4):
+        ids = _batch(seed=seed)
+        out = layer(ids, training=True)
+        candidates = (ids != PAD) & ~np.isin(ids, SPECIAL)
+        selected += int(np.asarray(out["mask"]).sum())
+        trials += int(candidates.sum())
+    assert _interval(selected, trials, 0.15), selected / trials
+
+
+def test_replacement_split_and_never_special():
+    # A tiny vocabulary makes drawing a special id likely if it were allowed.
+    layer = kd.TokenMasking(
+        vocabulary_size=8,
+        mask_token_id=MASK,
+        unselectable_ids=SPECIAL,
+        selection_rate=0.5,
+        max_selections=48,
+        seed=3,
+    )
+    ids = np.where(_batch(seed=5) >= 8, 4 + _batch(seed=5) % 4, _batch(seed=5))
+    masked_n = random_n = kept_n = total = 0
+    for _ in range(6):
+        out = layer(ids, training=True)
+        selected = np.asarray(out["mask"])
+        new = np.asarray(out["token_ids"])
+        assert not selected[ids == PAD].any()
+        assert not selected[np.isin(ids, SPECIAL)].any()
+        np.testing.assert_array_equal(new[~selected], ids[~selected])
+        replaced = new[selected]
+        assert not np.isin(replaced, [PAD, CLS, SEP]).any()
+        masked_n += int((replaced == MASK).sum())
+        random_n += int(
+            ((replaced != MASK) & (replaced != ids[selected])).sum()
+        )
+        kept_n += int((replaced == ids[selected]).sum())
+        total += int(selected.sum())
+    drawable = 8 - 4  # pad, mask and the two special ids are never drawn
+    assert _interval(masked_n, total, 0.8)
+    assert _interval(random_n, total, 0.1 * (1 - 1 / drawable))
+    assert _interval(kept_n, total, 0.1 + 0.1 / drawable)
+
+
+def test_whole_words_are_never_split():
+    rng = np.random.default_rng(8)
+    ids = _batch(seed=8)
+    starts = rng.random(ids.shape) < 0.4
+    layer = _layer(selection_rate=0.3, max_selections=10)
+    words = np.cumsum(starts | (np.arange(ids.shape[1]) == 0), axis=1)
+    candidates = (ids != PAD) & ~np.isin(ids, SPECIAL)
+    for _ in range(3):
+        out = layer(ids, word_starts=starts, training=True)
+        selected = np.asarray(out["mask"])
+        assert selected.sum(1).max() <= 10
+        for row in range(ids.shape[0]):
+            for word in np.unique(words[row][selected[row]]):
+                members = (words[row] == word) & candidates[row]
+                assert selected[row][members].all(), (row, word)
+
+
+def test_seeds_and_steps():
+    ids = _batch(rows=8)
+    a, b = _layer(seed=5), _layer(seed=5)
+    first_a, first_b = a(ids, training=True), b(ids, training=True)
+    second_a = a(ids, training=True)
+    np.testing.assert_array_equal(first_a["mask"], first_b["mask"])
+    np.testing.assert_array_equal(first_a["token_ids"], first_b["token_ids"])
+    assert not np.array_equal(first_a["mask"], second_a["mask"])
+    assert int(a.step.numpy()) == 2
+    other = _layer(seed=6)(ids, training=True)
+    assert not np.array_equal(first_a["mask"], other["mask"])
+
+
+def test_degenerate_rates_give_golden_outputs():
+    ids = np.array([[CLS, 5, 6, 7, SEP, PAD], [CLS, 9, SEP, PAD, PAD, PAD]])
+    everything = _layer(
+        selection_rate=1.0,
+        mask_token_rate=1.0,
+        random_token_rate=0.0,
+        max_selections=4,
+    )(ids, training=True)
+    np.testing.assert_array_equal(
+        everything["token_ids"],
+        [[CLS, MASK, MASK, MASK, SEP, PAD], [CLS, MASK, SEP, PAD, PAD, PAD]],
+    )
+    np.testing.assert_array_equal(
+        everything["mask_positions"], [[1, 2, 3, 0], [1, 0, 0, 0]]
+    )
+    np.testing.assert_array_equal(
+        everything["mask_ids"], [[5, 6, 7, 0], [9, 0, 0, 0]]
+    )
+    np.testing.assert_array_equal(
+        everything["mask_weights"], [[1, 1, 1, 0], [1, 0, 0, 0]]
+    )
+    kept = _layer(
+        selection_rate=1.0, mask_token_rate=0.0, random_token_rate=0.0
+    )(ids, training=True)
+    np.testing.assert_array_equal(kept["token_ids"], ids)
+    assert np.asarray(kept["mask"]).sum() == 4
+    nothing = _layer(selection_rate=0.0)(ids, training=True)
+    np.testing.assert_array_equal(nothing["token_ids"], ids)
+    assert not np.asarray(nothing["mask"]).any()
+    assert not np.asarray(nothing["mask_weights"]).any()
+
+
+def test_padding_mask_is_respected_and_passed_on():
+    ids = np.array([[CLS, 5, 6, 7, 8, SEP]])
+    x = kd.PaddingMask(pad_id=8)(ids)  # a propagated mask, pad id 8
+    out = _layer(selection_rate=1.0, pad_id=None)(x, training=True)
+    assert not np.asarray(out["mask"])[0, 4]
+    np.testing.assert_array_equal(
+        kd.get_keras_mask(out["token_ids"]), [[1, 1, 1, 1, 0, 1]]
+    )
+
+
+def test_inference_is_the_identity_and_reports_mask_tokens():
+    ids = np.array([[CLS, 5, MASK, 7, MASK, SEP, PAD]])
+    layer = _layer(max_selections=3)
+    out = layer(ids, training=False)
+    np.testing.assert_array_equal(out["token_ids"], ids)
+    np.testing.assert_array_equal(out["mask_positions"], [[2, 4, 0]])
+    np.testing.assert_array_equal(out["mask_weights"], [[1, 1, 0]])
+    assert int(layer.step.numpy()) == 0
+
+
+def test_static_masks_repeat_dynamic_masks_do_not():
+    row = np.r_[CLS, np.arange(4, 34), SEP].astype("int32")
+    ids = np.repeat(row[None], 64, axis=0)  # 30 candidates: 5 selected
+    static = _layer(static=True, dupe_factor=3)
+    dynamic = _layer()
+    static_masks, dynamic_masks = set(), set()
+    for _ in range(4):
+        for layer, seen in ((static, static_masks), (dynamic, dynamic_masks)):
+            selected = np.asarray(layer(ids, training=True)["mask"])
+            seen.update(row.tobytes() for row in selected)
+    assert len(static_masks) <= 3
+    assert len(dynamic_masks) > 200  # of 256 sightings
+
+
+def test_selection_rate_variable_changes_without_retracing():
+    layer = _layer(selection_rate=0.1)
+    traces = []
+
+    @tf.function
+    def count(ids):
+        traces.append(1)
+        return tf.reduce_sum(
+            tf.cast(layer(ids, training=True)["mask"], "int32")
+        )
+
+    ids = _batch()
+    low = int(count(ids))
+    layer.selection_rate_variable.assign(0.5)
+    high = int(count(ids))
+    assert len(traces) == 1
+    assert high > 3 * low
+
+
+def _mlm_model(masking, hidden=32):
+    ids = keras.Input((None,), dtype="int32", name="token_ids")
+    masked = masking(ids)
+    # The masked ids carry the padding mask; mask_zero keeps it (PAD is 0).
+    x = keras.layers.Embedding(VOCAB, hidden, mask_zero=True)(
+        masked["token_ids"]
+    )
+    x = kd.TransformerBlock(2, 64)(x)
+    gathered = keras.ops.take_along_axis(
+        x, keras.ops.expand_dims(masked["mask_positions"], -1), axis=1
+    )
+    logits = keras.layers.Dense(VOCAB)(gathered)
+    return keras.Model(
+        ids, [logits, masked["mask_ids"], masked["mask_weights"]]
+    )
+
+
+class MaskedLMTrainer(keras.Model):
+    """Loss on the selected positions only."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+        self.loss_fn = keras.losses.SparseCategoricalCrossentropy(
+            from_logits=True
+        )
+
+    def call(self, inputs, training=None):
+        return self.inner(inputs, training=training)
+
+    def compute_loss(
+        self, x=None, y=None, y_pred=None, sample_weight=None, training=True
+    ):
+        logits, targets, weights = y_pred
+        return self.loss_fn(targets, logits, sample_weight=weights)
+
+
+def test_a_masked_lm_trains_with_fit_and_its_loss_falls():
+    keras.utils.set_random_seed(0)
+    # Each row repeats one token, so a masked token is predictable from the
+    # rest of its row (the model has no positions to use).
+    rng = np.random.default_rng(0)
+    ids = np.repeat(rng.integers(4, VOCAB, (512, 1)), 24, axis=1)
+    ids = np.where(np.arange(24) < rng.integers(8, 25, (512, 1)), ids, PAD)
+    ids = ids.astype("int32")
+    masking = _layer(selection_rate=0.15, max_selections=6)
+    model = MaskedLMTrainer(_mlm_model(masking))
+    model.compile(optimizer=keras.optimizers.Adam(3e-3))
+    schedule = kd.schedules.VariableSchedule(
+        masking.selection_rate_variable, kd.schedules.linear(0.3, 0.15, 40)
+    )
+    history = model.fit(
+        ids, epochs=8, batch_size=64, verbose=0, callbacks=[schedule]
+    )
+    losses = history.history["loss"]
+    assert losses[-1] < 0.5 * losses[0], losses
+    assert masking.selection_rate_variable.numpy() == pytest.approx(0.15)
+    assert int(masking.step.numpy()) == 8 * 8
+
+
+def test_a_model_with_the_layer_converts_to_tflite(tmp_path):
+    from ai_edge_litert.interpreter import Interpreter
+
+    model = _mlm_model(_layer(max_selections=4))
+    path = str(tmp_path / "mlm.tflite")
+    model.export(
+        path,
+        format="litert",
+        verbose=False,
+        target_spec={"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS]},
+    )
+    interpreter = Interpreter(model_path=path)
+    ops = {op["op_name"] for op in interpreter._get_ops_details()}
+    assert not any(name.startswith("Flex") for name in ops)
+    assert not any("RANDOM" in name for name in ops)
+    runner = interpreter.get_signature_runner()
+    for length in (5, 9):
+        ids = np.full((2, length), 7, "int32")
+        ids[:, 2] = MASK
+        ids[1, -1] = PAD
+        got = runner(token_ids=ids)
+        want = model(ids)
+        for value in want:
+            assert any(
+                g.shape == np.shape(value) and np.allclose(g, value, atol=1e-5)
+                for g in got.values()
+            )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"selection_rate": 1.5}, "selection_rate=1.5"),
+        ({"mask_token_rate": -0.1}, "mask_token_rate=-0.1"),
+        (
+            {"mask_token_rate": 0.8, "random_token_rate": 0.3},
+            "mask_token_rate \\+ random_token_rate must be <= 1",
+        ),
+        ({"mask_token_id": VOCAB}, f"mask_token_id={VOCAB}"),
+        ({"max_selections": 0}, "max_selections=0"),
+        ({"count": "poisson"}, "count='poisson'"),
+        ({"vocabulary_size": 4}, "too small to draw random tokens"),
+        ({"unselectable_ids": "abc"}, "unselectable_ids='abc'"),
+    ],
+)
+def test_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        _layer(**kwargs)
