@@ -14,8 +14,10 @@ def main():
     )
     args = parser.parse_args()
 
-    import keras_dynmask  # noqa: F401  (quiet TensorFlow start-up)
     from benchmarks import masking
+    from keras_dynmask import _quiet
+
+    _quiet.start_devices()
 
     print(
         f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, "

@@ -54,6 +54,10 @@ def mask_tokens_dataset(dataset, masking, seed=None):
             valid = tf.not_equal(token_ids, masking.pad_id)
         rows = tf.range(tf.shape(token_ids)[0], dtype=tf.int64)
         keys = _random.combine(tf.math.floormod(draw, 2**62), rows)
+        if masking.static:
+            keys = masked_lm.static_keys(
+                keys, seed, token_ids, valid, masking.dupe_factor
+            )
         return masked_lm.mask_tokens(
             token_ids,
             keys,
@@ -67,6 +71,7 @@ def mask_tokens_dataset(dataset, masking, seed=None):
             drawable,
             count=masking.count,
             word_starts=word_starts,
+            spans=masking.spans,
         )
 
     def apply(element, draw):

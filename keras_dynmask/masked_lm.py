@@ -18,12 +18,14 @@ Randomness comes from per-row keys (`keras_dynmask._random`), so results are
 a function of (key, position) only.
 """
 
+import math
+
 from keras import ops
 
 from keras_dynmask import _random
 
-# The stream derived from the selection scores' random bits.
-_DECISIONS = 1
+# Streams derived from the selection scores' random bits.
+_DECISIONS, _REPLACEMENTS, _SPAN_LENGTHS = 1, 2, 3
 # `ceil` tolerance: 0.15 * 20 is 3.0000000000000004 in floating point.
 _CEIL_TOLERANCE = 1e-4
 
@@ -41,6 +43,57 @@ def word_ids(word_starts, candidates):
     first = ops.expand_dims(ops.equal(ops.arange(ops.shape(starts)[1]), 0), 0)
     starts = ops.logical_or(starts, first)
     return ops.cumsum(ops.cast(starts, "int32"), axis=1) - 1
+
+
+def span_ids(words, candidates, span_scores, p, max_span_length):
+    """Cuts the words of each row into spans of geometric length.
+
+    Span lengths, in words, follow SpanBERT's distribution: geometric with
+    parameter `p`, truncated at `max_span_length` and renormalized (mean
+    3.8 words for p = 0.2 and 10). A span also ends where candidacy changes
+    (before padding or a special token) and at the end of the row.
+
+    Args:
+        words: int32 `(B, T)`, from `word_ids`.
+        candidates: bool `(B, T)`.
+        span_scores: float32 `(B, T)` uniform; slot `i` sets the length of
+            span `i`.
+        p: float in `(0, 1)`.
+        max_span_length: int >= 1.
+
+    Returns:
+        int32 `(B, T)`: the span index of every token.
+    """
+    batch, length = ops.shape(words)[0], ops.shape(words)[1]
+    # Inverse CDF of the truncated geometric distribution on 1..max.
+    tail = (1.0 - p) ** max_span_length
+    lengths = ops.ceil(
+        ops.log(1.0 - span_scores * (1.0 - tail)) / float(math.log(1.0 - p))
+    )
+    lengths = ops.clip(ops.cast(lengths, "int32"), 1, max_span_length)
+    # The first word of every span, marked in word space (B, T + 1).
+    starts = ops.minimum(ops.cumsum(lengths, axis=1) - lengths, length)
+    rows = ops.broadcast_to(
+        ops.expand_dims(ops.arange(batch, dtype="int32"), 1), (batch, length)
+    )
+    indices = ops.reshape(ops.stack([rows, starts], axis=-1), (-1, 2))
+    flags = ops.scatter(
+        indices, ops.ones((batch * length,), "int32"), (batch, length + 1)
+    )
+    span_start_word = ops.greater(flags[:, :length], 0)
+    is_word_start = ops.not_equal(
+        words, ops.pad(words[:, :-1], ((0, 0), (1, 0)), constant_values=-1)
+    )
+    changed = ops.not_equal(
+        candidates, ops.pad(candidates[:, :-1], ((0, 0), (1, 0)))
+    )
+    span_start = ops.logical_and(
+        is_word_start,
+        ops.logical_or(
+            ops.take_along_axis(span_start_word, words, axis=1), changed
+        ),
+    )
+    return ops.cumsum(ops.cast(span_start, "int32"), axis=1) - 1
 
 
 def _candidates_and_wanted(
@@ -102,17 +155,23 @@ def select_tokens(candidates, scores, rate, max_selections, count):
     return ops.any(hits, axis=1), positions, ops.cast(used, "float32")
 
 
-def select_words(candidates, words, scores, rate, max_selections, count):
-    """Chooses whole words among the candidates.
+def select_words(
+    candidates, words, scores, rate, max_selections, count, budget="words"
+):
+    """Chooses whole words (or spans) among the candidates.
 
     Args:
         candidates: bool `(B, T)`.
-        words: int32 `(B, T)`, from `word_ids`.
+        words: int32 `(B, T)`, from `word_ids` or `span_ids`.
         scores: float32 `(B, T)`, uniform in `[0, 1)`; word `w` uses
             `scores[:, w]`.
         rate: float or scalar tensor. Selection rate.
         max_selections: int. `K`, the most tokens selected per row.
         count: `"exact"` or `"bernoulli"`.
+        budget: `"words"`: exact mode selects `ceil(rate * n_words)` words
+            (tensorflow-text's rule). `"tokens"`: it adds words in random
+            order until `ceil(rate * n_tokens)` tokens are selected (the
+            last one may pass the mark; SpanBERT's rule).
 
     Returns:
         bool `(B, T)`, the selected tokens.
@@ -123,9 +182,12 @@ def select_words(candidates, words, scores, rate, max_selections, count):
     is_start = ops.not_equal(
         words, ops.pad(words[:, :-1], ((0, 0), (1, 0)), constant_values=-1)
     )
-    n_items = ops.sum(
-        ops.cast(ops.logical_and(is_start, candidates), "int32"), axis=1
-    )
+    if budget == "tokens":
+        n_items = ops.sum(ops.cast(candidates, "int32"), axis=1)
+    else:
+        n_items = ops.sum(
+            ops.cast(ops.logical_and(is_start, candidates), "int32"), axis=1
+        )
     candidates, wanted = _candidates_and_wanted(
         candidates, word_scores, n_items, rate, max_selections, count
     )
@@ -155,11 +217,24 @@ def select_words(candidates, words, scores, rate, max_selections, count):
     tokens_at_word_end = ops.reshape(
         ops.take(word_end, ops.reshape(flat_rank, (-1,))), (batch, length)
     )
+    if budget == "tokens" and count == "exact":
+        # A word goes in while the budget is not yet met before it.
+        word_start = ops.segment_min(
+            ops.reshape(tokens_so_far, (-1,)),
+            ops.reshape(flat_rank, (-1,)),
+            num_segments=batch * length,
+        )
+        tokens_before = ops.reshape(
+            ops.take(word_start, ops.reshape(flat_rank, (-1,))),
+            (batch, length),
+        )
+        wanted_here = ops.less_equal(tokens_before, ops.expand_dims(wanted, 1))
+    else:
+        wanted_here = ops.less(rank, ops.expand_dims(wanted, 1))
     chosen = ops.logical_and(
         sorted_candidates,
         ops.logical_and(
-            ops.less(rank, ops.expand_dims(wanted, 1)),
-            ops.less_equal(tokens_at_word_end, max_selections),
+            wanted_here, ops.less_equal(tokens_at_word_end, max_selections)
         ),
     )
     # Back to position order.
@@ -188,7 +263,8 @@ def gather_selection(token_ids, selected, max_selections):
 def replace(
     token_ids,
     selected,
-    random_bits,
+    decision_bits,
+    replacement_bits,
     mask_token_id,
     mask_token_rate,
     random_token_rate,
@@ -196,14 +272,14 @@ def replace(
 ):
     """Applies the mask / random / keep decision to the selected tokens.
 
+    One stream may serve both choices (`decision_bits` is
+    `replacement_bits`): its top 24 bits decide, and within the random band
+    its bits are uniform over a range of about 2**28 values, so their
+    remainder picks a replacement with a bias below vocabulary / 2**28.
+
     Returns:
         int32 `(B, T)`: the masked token ids.
     """
-    # One stream serves both choices: its top 24 bits decide, and within
-    # the random band its bits are uniform over a range of about 2**28
-    # values, so their remainder picks a replacement with a bias below
-    # vocabulary / 2**28.
-    decision_bits = _random.stream(random_bits, _DECISIONS)
     decision = _random.unit(decision_bits)
     to_mask = ops.logical_and(selected, ops.less(decision, mask_token_rate))
     masked = ops.where(to_mask, mask_token_id, token_ids)
@@ -213,7 +289,7 @@ def replace(
             ops.less(decision, mask_token_rate + random_token_rate),
         )
         size = ops.shape(drawable_ids)[0]
-        index = ops.cast(ops.mod(decision_bits, size), "int32")
+        index = ops.cast(ops.mod(replacement_bits, size), "int32")
         random_ids = ops.take(drawable_ids, index)
         masked = ops.where(to_random, random_ids, masked)
     return ops.cast(masked, token_ids.dtype)
@@ -232,6 +308,7 @@ def mask_tokens(
     drawable_ids,
     count="exact",
     word_starts=None,
+    spans=None,
 ):
     """Selects and replaces tokens for masked-LM training.
 
@@ -248,6 +325,9 @@ def mask_tokens(
         drawable_ids: int tensor `(M,)`. Random replacements come from here.
         count: `"exact"` or `"bernoulli"`.
         word_starts: bool `(B, T)` or `None` (every token is a word).
+        spans: `None`, or `(p, max_span_length)` for SpanBERT span masking:
+            spans of whole words with geometric lengths, one replacement
+            decision per span, and a budget of `rate` of the tokens.
 
     Returns:
         A dict: `token_ids` `(B, T)`, `mask` bool `(B, T)`,
@@ -268,14 +348,34 @@ def mask_tokens(
         candidates = ops.logical_and(candidates, ops.logical_not(special))
     random_bits = _random.bits(keys, ops.shape(token_ids)[1])
     scores = _random.unit(random_bits)
-    if word_starts is None:
+    decision_bits = _random.stream(random_bits, _DECISIONS)
+    replacement_bits = decision_bits
+    if word_starts is None and spans is None:
         selected, positions, weights = select_tokens(
             candidates, scores, selection_rate, max_selections, count
         )
     else:
+        if word_starts is None:
+            word_starts = ops.ones_like(candidates)
         words = word_ids(word_starts, candidates)
+        budget = "words"
+        if spans is not None:
+            span_scores = _random.unit(
+                _random.stream(random_bits, _SPAN_LENGTHS)
+            )
+            words = span_ids(words, candidates, span_scores, *spans)
+            budget = "tokens"
+            # One decision per span, a replacement token per position.
+            decision_bits = ops.take_along_axis(decision_bits, words, axis=1)
+            replacement_bits = _random.stream(random_bits, _REPLACEMENTS)
         selected = select_words(
-            candidates, words, scores, selection_rate, max_selections, count
+            candidates,
+            words,
+            scores,
+            selection_rate,
+            max_selections,
+            count,
+            budget=budget,
         )
         positions, weights = gather_selection(
             token_ids, selected, max_selections
@@ -283,13 +383,35 @@ def mask_tokens(
     masked = replace(
         token_ids,
         selected,
-        random_bits,
+        decision_bits,
+        replacement_bits,
         mask_token_id,
         mask_token_rate,
         random_token_rate,
         drawable_ids,
     )
     return _outputs(token_ids, masked, selected, positions, weights)
+
+
+def static_keys(keys, seed, token_ids, valid, dupe_factor):
+    """Row keys for BERT's static masking.
+
+    The mask of an example is fixed by its real tokens and one of
+    `dupe_factor` copies; `keys` (fresh each sighting) only pick the copy.
+
+    Returns:
+        int64 `(B,)`.
+    """
+    copy = ops.cast(_random.uniform(keys, 1)[:, 0] * dupe_factor, "int64")
+    base = _random.combine(ops.convert_to_tensor(seed, "int64"), 0)
+    ids = ops.cast(ops.where(valid, token_ids, -1), "int64")
+    positions = ops.arange(ops.shape(ids)[1], dtype="int64")
+    # A hash per (position, id) pair, summed: the same tokens in the same
+    # places give the same fingerprint, whatever the padding after them.
+    cells = _random.combine(base, ids * 4096 + ops.expand_dims(positions, 0))
+    cells = ops.where(valid, cells, 0)
+    fingerprint = ops.sum(cells, axis=1)
+    return _random.combine(_random.combine(base, fingerprint), copy)
 
 
 def find_mask_tokens(token_ids, valid, mask_token_id, max_selections):

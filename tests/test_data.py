@@ -61,3 +61,16 @@ def test_dataset_whole_word_masking():
             members = (words[row] == word) & candidates[row]
             assert selected[row][members].all()
     assert isinstance(masking, kd.TokenMasking)
+
+
+def test_dataset_static_masking_repeats_across_epochs():
+    row = np.r_[2, np.arange(4, 34), 3].astype("int32")
+    ids = np.repeat(row[None], 16, axis=0)
+    masking = _layer(static=True, dupe_factor=2)
+    dataset = mask_tokens_dataset(
+        tf.data.Dataset.from_tensor_slices(ids).batch(16), masking
+    )
+    seen = set()
+    for epoch in _epochs(dataset, 4):
+        seen.update(row.tobytes() for row in epoch[0]["mask"])
+    assert len(seen) <= 2

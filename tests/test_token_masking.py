@@ -323,8 +323,83 @@ def test_a_model_with_the_layer_converts_to_tflite(tmp_path):
         ({"count": "poisson"}, "count='poisson'"),
         ({"vocabulary_size": 4}, "too small to draw random tokens"),
         ({"unselectable_ids": "abc"}, "unselectable_ids='abc'"),
+        ({"span_p": 1.5}, "span_p=1.5"),
+        ({"max_span_length": 0}, "max_span_length=0"),
+        ({"dupe_factor": 0}, "dupe_factor=0"),
     ],
 )
 def test_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         _layer(**kwargs)
+
+
+def _truncated_geometric(p=0.2, limit=10):
+    lengths = np.arange(1, limit + 1)
+    weights = p * (1 - p) ** (lengths - 1)
+    weights /= weights.sum()
+    mean = (lengths * weights).sum()
+    return mean, math.sqrt(((lengths - mean) ** 2 * weights).sum())
+
+
+def test_span_lengths_follow_the_truncated_geometric():
+    from keras_dynmask import _random
+    from keras_dynmask import masked_lm
+
+    rows, length = 64, 512
+    keys = _random.row_keys(9, 0, rows)
+    scores = _random.unit(_random.bits(keys, length))
+    candidates = np.ones((rows, length), bool)
+    words = masked_lm.word_ids(candidates, candidates)
+    spans = np.asarray(masked_lm.span_ids(words, candidates, scores, 0.2, 10))
+    lengths = []
+    for row in spans:
+        counts = np.bincount(row)
+        lengths.extend(counts[:-1])  # the last span is cut by the row's end
+    mean, sd = _truncated_geometric()
+    assert max(lengths) <= 10 and min(lengths) >= 1
+    assert abs(np.mean(lengths) - mean) < 4.5 * sd / math.sqrt(len(lengths))
+
+
+def test_span_masking_budget_words_and_one_decision_per_span():
+    from keras_dynmask import _random
+    from keras_dynmask import masked_lm
+
+    ids = _batch(rows=128, length=64, seed=12)
+    starts = np.random.default_rng(12).random(ids.shape) < 0.6
+    layer = _layer(
+        span_masking=True,
+        selection_rate=0.2,
+        mask_token_rate=0.5,
+        random_token_rate=0.0,
+        max_selections=64,
+        seed=4,
+    )
+    out = layer(ids, word_starts=starts, training=True)
+    selected = np.asarray(out["mask"])
+    masked = np.asarray(out["token_ids"]) == MASK
+    # Rebuild the spans the layer used from its keys.
+    keys = _random.row_keys(4, 0, ids.shape[0])
+    random_bits = _random.bits(keys, ids.shape[1])
+    candidates = (ids != PAD) & ~np.isin(ids, SPECIAL)
+    words = masked_lm.word_ids(starts, candidates)
+    span_scores = _random.unit(_random.stream(random_bits, 3))
+    spans = np.asarray(
+        masked_lm.span_ids(words, candidates, span_scores, 0.2, 10)
+    )
+    words = np.asarray(words)
+    budget = np.ceil(np.round(candidates.sum(1) * 0.2, 6))
+    assert (selected.sum(1) >= budget).all()
+    for row in range(ids.shape[0]):
+        sizes = []
+        for span in np.unique(spans[row][selected[row]]):
+            members = spans[row] == span
+            sizes.append(members.sum())
+            assert selected[row][members].all()
+            fates = masked[row][members]
+            assert fates.all() or not fates.any()
+        # Spans go in until the budget is met: only the last one passes it.
+        if sizes:
+            assert selected[row].sum() - budget[row] < max(sizes)
+        # Whole words: a word is in or out.
+        for word in np.unique(words[row][selected[row]]):
+            assert selected[row][words[row] == word].all()

@@ -70,6 +70,15 @@ class TokenMasking(keras.layers.Layer):
         static: bool. BERT's static masking. Defaults to `False`.
         dupe_factor: int >= 1. Fixed masks per example when `static`.
             Defaults to `10`.
+        span_masking: bool. SpanBERT's span masking: spans of whole words
+            (of tokens without `word_starts`) whose lengths follow a
+            geometric distribution (`span_p`, truncated at
+            `max_span_length`, mean 3.8 words by default) are added in
+            random order until `selection_rate` of the tokens is selected
+            (the last span may pass the mark; at most `K` tokens), with one
+            mask / random / keep decision per span. Defaults to `False`.
+        span_p: float in `(0, 1)`. Defaults to `0.2`.
+        max_span_length: int >= 1, in words. Defaults to `10`.
         **kwargs: base layer arguments.
 
     Call arguments:
@@ -110,6 +119,9 @@ class TokenMasking(keras.layers.Layer):
         seed=None,
         static=False,
         dupe_factor=10,
+        span_masking=False,
+        span_p=0.2,
+        max_span_length=10,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -161,6 +173,16 @@ class TokenMasking(keras.layers.Layer):
         self.seed = check_int("seed", seed, minimum=0)
         self.static = bool(static)
         self.dupe_factor = check_int("dupe_factor", dupe_factor, minimum=1)
+        self.span_masking = bool(span_masking)
+        ok = isinstance(span_p, float) and 0.0 < span_p < 1.0
+        if not ok:
+            raise ValueError(
+                f"span_p must be a float in (0, 1), received span_p={span_p!r}"
+            )
+        self.span_p = span_p
+        self.max_span_length = check_int(
+            "max_span_length", max_span_length, minimum=1
+        )
 
         excluded = set(self.unselectable_ids) | {self.mask_token_id}
         if self.pad_id is not None:
@@ -226,29 +248,27 @@ class TokenMasking(keras.layers.Layer):
                 ops.convert_to_tensor(self._drawable_ids),
                 count=self.count,
                 word_starts=word_starts,
+                spans=self.spans,
             )
             self.step.assign_add(1)
         set_keras_mask(outputs["token_ids"], valid)
         return outputs
 
+    @property
+    def spans(self):
+        """`(span_p, max_span_length)` when span masking, else `None`."""
+        if not self.span_masking:
+            return None
+        return (self.span_p, self.max_span_length)
+
     def _row_keys(self, token_ids, valid):
         batch = ops.shape(token_ids)[0]
         keys = _random.row_keys(self.seed, self.step, batch)
-        if not self.static:
-            return keys
-        # The copy is random per sighting; the mask of a copy is fixed by
-        # the example's real tokens alone.
-        draw = _random.uniform(keys, 1)[:, 0]
-        copy = ops.cast(draw * self.dupe_factor, "int64")
-        content = _random.combine(ops.convert_to_tensor(self.seed, "int64"), 0)
-        ids = ops.where(valid, token_ids, -1)
-        for_content = _random.combine(
-            ops.expand_dims(content, 0),
-            ops.cast(ids, "int64") * 4096
-            + ops.expand_dims(ops.arange(ops.shape(ids)[1], dtype="int64"), 0),
-        )
-        fingerprint = ops.sum(for_content, axis=1)
-        return _random.combine(_random.combine(content, fingerprint), copy)
+        if self.static:
+            keys = masked_lm.static_keys(
+                keys, self.seed, token_ids, valid, self.dupe_factor
+            )
+        return keys
 
     def compute_mask(self, *args, **kwargs):
         # Attached in `call`; see `_keras_mask` for why none is recorded.
@@ -280,4 +300,7 @@ class TokenMasking(keras.layers.Layer):
             "seed": self.seed,
             "static": self.static,
             "dupe_factor": self.dupe_factor,
+            "span_masking": self.span_masking,
+            "span_p": self.span_p,
+            "max_span_length": self.max_span_length,
         }
