@@ -30,6 +30,37 @@ _DECISIONS, _REPLACEMENTS, _SPAN_LENGTHS = 1, 2, 3
 _CEIL_TOLERANCE = 1e-4
 
 
+def word_starts_from_vocabulary(token_ids, vocabulary):
+    """Flags the tokens that start a word, from a WordPiece vocabulary.
+
+    A token whose text starts with `##` continues the word before it.
+
+    Args:
+        token_ids: int `(B, T)`, ids into `vocabulary`.
+        vocabulary: list of str, the tokens in id order.
+
+    Returns:
+        bool `(B, T)`: `True` where a word starts (ids outside the
+        vocabulary count as word starts).
+
+    Example:
+
+    >>> from keras_dynmask.masked_lm import word_starts_from_vocabulary
+    >>> vocab = ["[PAD]", "play", "##ing", "ball", "##s"]
+    >>> word_starts_from_vocabulary([[1, 2, 3, 4, 0]], vocab).numpy()
+    array([[ True, False,  True, False,  True]])
+    """
+    continues = [str(token).startswith("##") for token in vocabulary]
+    table = ops.convert_to_tensor(continues + [False], "bool")
+    size = len(continues)
+    token_ids = ops.convert_to_tensor(token_ids, "int32")
+    inside = ops.logical_and(
+        ops.greater_equal(token_ids, 0), ops.less(token_ids, size)
+    )
+    index = ops.where(inside, token_ids, size)
+    return ops.logical_not(ops.take(table, index))
+
+
 def word_ids(word_starts, candidates):
     """Word index of every token, `(B, T)` int32.
 
