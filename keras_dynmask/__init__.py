@@ -9,6 +9,7 @@ from keras_dynmask import _quiet
 
 _quiet.import_tensorflow()
 
+from keras_dynmask import models  # noqa: E402
 from keras_dynmask import schedules  # noqa: E402
 from keras_dynmask._keras_mask import get_keras_mask  # noqa: E402
 from keras_dynmask.layers import AttentionMask  # noqa: E402
@@ -16,6 +17,7 @@ from keras_dynmask.layers import LengthMask  # noqa: E402
 from keras_dynmask.layers import MultiHeadAttention  # noqa: E402
 from keras_dynmask.layers import PaddingMask  # noqa: E402
 from keras_dynmask.layers import SpanMask  # noqa: E402
+from keras_dynmask.layers import TokenEmbedding  # noqa: E402
 from keras_dynmask.layers import TokenMasking  # noqa: E402
 from keras_dynmask.layers import TransformerBlock  # noqa: E402
 from keras_dynmask.masks import backward_mask  # noqa: E402
@@ -60,6 +62,7 @@ __all__ = [
     "Segment",
     "Span",
     "SpanMask",
+    "TokenEmbedding",
     "TokenMasking",
     "TransformerBlock",
     "Window",
@@ -69,6 +72,7 @@ __all__ = [
     "get_keras_mask",
     "length_mask",
     "merge_masks",
+    "models",
     "padding_mask",
     "parse_pattern",
     "prefix_mask",

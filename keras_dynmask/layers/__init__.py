@@ -2,6 +2,7 @@
 
 from keras_dynmask.layers.attention import MultiHeadAttention
 from keras_dynmask.layers.attention_mask import AttentionMask
+from keras_dynmask.layers.embedding import TokenEmbedding
 from keras_dynmask.layers.token_masking import TokenMasking
 from keras_dynmask.layers.token_masks import LengthMask
 from keras_dynmask.layers.token_masks import PaddingMask
@@ -14,6 +15,7 @@ __all__ = [
     "MultiHeadAttention",
     "PaddingMask",
     "SpanMask",
+    "TokenEmbedding",
     "TokenMasking",
     "TransformerBlock",
 ]

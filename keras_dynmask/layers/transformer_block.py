@@ -16,6 +16,10 @@ _register = keras.saving.register_keras_serializable(package="keras_dynmask")
 class TransformerBlock(keras.layers.Layer):
     """Self-attention with a pattern, then a feed-forward network.
 
+    With `cross_attention=True` (a decoder block), a cross-attention to a
+    `context` (the encoder's output) sits between them; it reads the
+    context's propagated padding mask, so source padding is never attended.
+
     Each sub-block is residual, with layer normalization before it
     (`normalize_first=True`, pre-LN) or after it (post-LN, as in BERT). The
     residual sums happen inside the layer, so the padding mask survives any
@@ -37,10 +41,16 @@ class TransformerBlock(keras.layers.Layer):
         layer_norm_epsilon: float. Defaults to `1e-5`.
         normalize_first: bool. Pre-LN when `True`. Defaults to `True`.
         kernel_initializer: initializer. Defaults to `"glorot_uniform"`.
+        cross_attention: bool. Adds cross-attention to a `context`.
+            Defaults to `False`.
+        cross_pattern: `Pattern` or text for the cross-attention, over
+            (target, source) positions. Defaults to `"bidirectional"`.
         **kwargs: base layer arguments.
 
     Call arguments:
         inputs: tensor `(B, T, D)`.
+        context: tensor `(B, S, D)`, the encoder's output, with its mask;
+            required when `cross_attention=True`.
         segment_ids, prefix_length, span_length, span_position:
             per-example inputs the pattern reads.
         training: bool. Enables dropout.
@@ -70,6 +80,8 @@ class TransformerBlock(keras.layers.Layer):
         layer_norm_epsilon=1e-5,
         normalize_first=True,
         kernel_initializer="glorot_uniform",
+        cross_attention=False,
+        cross_pattern="bidirectional",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -86,8 +98,10 @@ class TransformerBlock(keras.layers.Layer):
         self.layer_norm_epsilon = float(layer_norm_epsilon)
         self.normalize_first = bool(normalize_first)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.cross_attention = bool(cross_attention)
+        self.cross_pattern = as_pattern(cross_pattern, "cross_pattern")
 
-    def build(self, inputs_shape):
+    def build(self, inputs_shape, context_shape=None):
         hidden_dim = inputs_shape[-1]
         key_dim = self.key_dim
         if key_dim is None:
@@ -103,6 +117,16 @@ class TransformerBlock(keras.layers.Layer):
             ),
             "dtype": self.dtype_policy,
         }
+
+        def norm(name):
+            layer = keras.layers.LayerNormalization(
+                epsilon=self.layer_norm_epsilon,
+                dtype=self.dtype_policy,
+                name=name,
+            )
+            layer.build(inputs_shape)
+            return layer
+
         self._attention = MultiHeadAttention(
             self.num_heads,
             key_dim,
@@ -112,12 +136,19 @@ class TransformerBlock(keras.layers.Layer):
             **common,
         )
         self._attention.build(inputs_shape, inputs_shape)
-        self._attention_norm = keras.layers.LayerNormalization(
-            epsilon=self.layer_norm_epsilon,
-            dtype=self.dtype_policy,
-            name="attention_norm",
-        )
-        self._attention_norm.build(inputs_shape)
+        self._attention_norm = norm("attention_norm")
+        if self.cross_attention:
+            context_shape = context_shape or inputs_shape
+            self._cross_attention = MultiHeadAttention(
+                self.num_heads,
+                key_dim,
+                dropout=self.dropout,
+                pattern=self.cross_pattern,
+                name="cross_attention",
+                **common,
+            )
+            self._cross_attention.build(inputs_shape, context_shape)
+            self._cross_norm = norm("cross_attention_norm")
         self._intermediate = keras.layers.Dense(
             self.intermediate_dim,
             activation=self.activation,
@@ -127,12 +158,7 @@ class TransformerBlock(keras.layers.Layer):
         self._intermediate.build(inputs_shape)
         self._output = keras.layers.Dense(hidden_dim, name="output", **common)
         self._output.build((*inputs_shape[:-1], self.intermediate_dim))
-        self._output_norm = keras.layers.LayerNormalization(
-            epsilon=self.layer_norm_epsilon,
-            dtype=self.dtype_policy,
-            name="output_norm",
-        )
-        self._output_norm.build(inputs_shape)
+        self._output_norm = norm("output_norm")
         self._dropout_layer = keras.layers.Dropout(
             self.dropout, dtype=self.dtype_policy
         )
@@ -140,46 +166,71 @@ class TransformerBlock(keras.layers.Layer):
     def call(
         self,
         inputs,
+        context=None,
         segment_ids=None,
         prefix_length=None,
         span_length=None,
         span_position=None,
         mask=None,
         inputs_mask=None,
+        context_mask=None,
         training=None,
     ):
-        # Keras fills `mask` for a lone tensor and `inputs_mask` otherwise.
+        # Keras fills `mask` for a lone tensor and `inputs_mask` (and
+        # `context_mask`) when the layer gets several.
         mask = inputs_mask if inputs_mask is not None else mask
-        x = inputs
-        normed = self._attention_norm(x) if self.normalize_first else x
-        attended = self._attention(
-            normed,
-            normed,
-            query_mask=mask,
-            value_mask=mask,
-            segment_ids=segment_ids,
-            prefix_length=prefix_length,
-            span_length=span_length,
-            span_position=span_position,
-            training=training,
+        if self.cross_attention and context is None:
+            raise ValueError(
+                "This block has cross_attention=True: call it with "
+                "context=<encoder output>, received context=None"
+            )
+
+        def self_attention(x):
+            return self._attention(
+                x,
+                x,
+                query_mask=mask,
+                value_mask=mask,
+                segment_ids=segment_ids,
+                prefix_length=prefix_length,
+                span_length=span_length,
+                span_position=span_position,
+                training=training,
+            )
+
+        def cross_attention(x):
+            return self._cross_attention(
+                x,
+                context,
+                query_mask=mask,
+                value_mask=context_mask,
+                training=training,
+            )
+
+        def feed_forward(x):
+            return self._output(self._intermediate(x))
+
+        x = self._residual(
+            inputs, self._attention_norm, self_attention, training
         )
-        x = x + self._dropout_layer(attended, training=training)
-        if not self.normalize_first:
-            x = self._attention_norm(x)
-        normed = self._output_norm(x) if self.normalize_first else x
-        hidden = self._output(self._intermediate(normed))
-        x = x + self._dropout_layer(hidden, training=training)
-        if not self.normalize_first:
-            x = self._output_norm(x)
+        if self.cross_attention:
+            x = self._residual(x, self._cross_norm, cross_attention, training)
+        x = self._residual(x, self._output_norm, feed_forward, training)
         if mask is not None:
             set_keras_mask(x, ops.cast(mask, "bool"))
         return x
+
+    def _residual(self, x, norm, transform, training):
+        """`x + transform(norm(x))` (pre-LN) or `norm(x + transform(x))`."""
+        inner = norm(x) if self.normalize_first else x
+        x = x + self._dropout_layer(transform(inner), training=training)
+        return x if self.normalize_first else norm(x)
 
     def compute_mask(self, *args, **kwargs):
         # Attached in `call`; see `_keras_mask` for why none is recorded.
         return None
 
-    def compute_output_shape(self, inputs_shape):
+    def compute_output_shape(self, inputs_shape, context_shape=None):
         return inputs_shape
 
     def get_config(self):
@@ -196,4 +247,6 @@ class TransformerBlock(keras.layers.Layer):
             "kernel_initializer": keras.initializers.serialize(
                 self.kernel_initializer
             ),
+            "cross_attention": self.cross_attention,
+            "cross_pattern": str(self.cross_pattern),
         }

@@ -1,0 +1,208 @@
+"""Model builders: padding invariance, causality, learning, MaskedLM."""
+
+import keras
+import numpy as np
+import pytest
+
+import keras_dynmask as kd
+from keras_dynmask import models
+from tests.helpers import VOCABULARY
+from tests.helpers import padded_ids
+
+SIZES = {
+    "num_layers": 2,
+    "num_heads": 2,
+    "hidden_dim": 16,
+    "intermediate_dim": 32,
+    "dropout": 0.0,
+}
+
+
+def _pad_to(ids, width):
+    return np.pad(ids, ((0, 0), (0, width - ids.shape[1])))
+
+
+def _gap(short, long, real):
+    return np.abs(np.asarray(short) - np.asarray(long)[:, : short.shape[1]])[
+        real
+    ].max()
+
+
+@pytest.mark.parametrize("builder", ["encoder", "causal_lm", "classifier"])
+def test_padding_invariance_of_every_builder(builder):
+    keras.utils.set_random_seed(0)
+    if builder == "encoder":
+        model = models.build_encoder(VOCABULARY, **SIZES)
+    elif builder == "causal_lm":
+        model = models.build_causal_lm(VOCABULARY, **SIZES)
+    else:
+        model = models.build_classifier(
+            models.build_encoder(VOCABULARY, **SIZES), 3
+        )
+    ids = padded_ids([5, 16, 1], 16)
+    short, long = model(ids), model(_pad_to(ids, 64))
+    if builder == "classifier":
+        assert np.abs(np.asarray(short) - np.asarray(long)).max() < 1e-5
+    else:
+        assert _gap(short, long, ids != 0) < 1e-5
+
+
+def test_seq2seq_padding_invariance_on_both_sides():
+    keras.utils.set_random_seed(0)
+    model = models.build_seq2seq(VOCABULARY, VOCABULARY, **SIZES)
+    source, target = padded_ids([4, 9], 9, seed=1), padded_ids([6, 2], 6)
+    short = model({"source_ids": source, "target_ids": target})
+    long = model(
+        {"source_ids": _pad_to(source, 64), "target_ids": _pad_to(target, 64)}
+    )
+    assert _gap(short, long, target != 0) < 1e-5
+
+
+def test_causal_lm_never_sees_the_future():
+    keras.utils.set_random_seed(0)
+    model = models.build_causal_lm(VOCABULARY, **SIZES)
+    ids = padded_ids([10], 10)
+    base = np.asarray(model(ids))
+    for i in range(9):
+        changed = ids.copy()
+        changed[0, i + 1 :] = (changed[0, i + 1 :] + 7) % VOCABULARY + 1
+        after = np.asarray(model(changed))
+        np.testing.assert_allclose(
+            after[0, : i + 1], base[0, : i + 1], atol=1e-5
+        )
+        assert np.abs(after[0, i + 1 :] - base[0, i + 1 :]).max() > 1e-4
+
+
+def test_seq2seq_targets_are_causal_and_source_padding_is_ignored():
+    keras.utils.set_random_seed(0)
+    model = models.build_seq2seq(VOCABULARY, VOCABULARY, **SIZES)
+    source, target = padded_ids([5], 5, seed=2), padded_ids([7], 7, seed=3)
+    base = np.asarray(model({"source_ids": source, "target_ids": target}))
+    for i in range(6):
+        changed = target.copy()
+        changed[0, i + 1 :] = (changed[0, i + 1 :] + 5) % VOCABULARY + 1
+        after = np.asarray(model({"source_ids": source, "target_ids": changed}))
+        np.testing.assert_allclose(
+            after[0, : i + 1], base[0, : i + 1], atol=1e-5
+        )
+    # Whatever the padding ids hold never matters: it is masked.
+    padded = np.pad(source, ((0, 0), (0, 6)))
+    again = np.asarray(model({"source_ids": padded, "target_ids": target}))
+    np.testing.assert_allclose(again, base, atol=1e-5)
+    # ...and a different source does change the output.
+    other = np.asarray(
+        model({"source_ids": source[:, ::-1].copy(), "target_ids": target})
+    )
+    assert np.abs(other - base).max() > 1e-4
+
+
+BOS, EOS = 1, 2
+
+
+def _reversal_pairs(count, seed):
+    rng = np.random.default_rng(seed)
+    sources, targets = [], []
+    for _ in range(count):
+        tokens = rng.integers(3, 13, int(rng.integers(3, 9)))
+        sources.append(tokens)
+        targets.append(np.r_[BOS, tokens[::-1], EOS])
+    width_s = max(len(s) for s in sources)
+    width_t = max(len(t) for t in targets)
+    source = np.zeros((count, width_s), "int32")
+    target = np.zeros((count, width_t), "int32")
+    for row, (s, t) in enumerate(zip(sources, targets, strict=True)):
+        source[row, : len(s)] = s
+        target[row, : len(t)] = t
+    return source, target
+
+
+def test_seq2seq_learns_to_reverse_sequences():
+    keras.utils.set_random_seed(0)
+    model = models.build_seq2seq(
+        13,
+        13,
+        num_layers=2,
+        num_heads=4,
+        hidden_dim=64,
+        intermediate_dim=128,
+        dropout=0.0,
+    )
+    model.compile(
+        optimizer=keras.optimizers.Adam(2e-3),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    source, target = _reversal_pairs(3000, seed=0)
+    model.fit(
+        {"source_ids": source, "target_ids": target[:, :-1]},
+        target[:, 1:],
+        batch_size=64,
+        epochs=16,
+        verbose=0,
+    )
+    source, target = _reversal_pairs(300, seed=1)
+    logits = model.predict(
+        {"source_ids": source, "target_ids": target[:, :-1]}, verbose=0
+    )
+    real = target[:, 1:] != 0
+    accuracy = (logits.argmax(-1) == target[:, 1:])[real].mean()
+    assert accuracy >= 0.95, accuracy
+
+
+def _masked_lm(seed=0, compile=True):
+    keras.utils.set_random_seed(seed)
+    encoder = models.build_encoder(VOCABULARY, **SIZES)
+    masking = kd.TokenMasking(
+        VOCABULARY,
+        mask_token_id=1,
+        unselectable_ids=[1],
+        max_selections=4,
+        selection_rate=0.2,
+        seed=seed,
+    )
+    model = models.MaskedLM(encoder, masking)
+    if compile:
+        model.compile(optimizer=keras.optimizers.Adam(5e-3))
+    return model
+
+
+def _topic_rows(count, seed):
+    """Each row repeats one token: masked tokens follow from the rest."""
+    rng = np.random.default_rng(seed)
+    ids = np.repeat(rng.integers(4, VOCABULARY, (count, 1)), 16, axis=1)
+    lengths = rng.integers(6, 17, (count, 1))
+    return np.where(np.arange(16) < lengths, ids, 0).astype("int32")
+
+
+def test_masked_lm_trains_evaluates_on_fixed_masks_and_fills_masks():
+    model = _masked_lm()
+    train, held_out = _topic_rows(512, 0), _topic_rows(128, 1)
+    before = model.evaluate(held_out, verbose=0, return_dict=True)
+    again = model.evaluate(held_out, verbose=0, return_dict=True)
+    assert before == again  # the same fixed evaluation masks
+    history = model.fit(train, epochs=10, batch_size=64, verbose=0)
+    after = model.evaluate(held_out, verbose=0, return_dict=True)
+    assert history.history["loss"][-1] < 0.5 * history.history["loss"][0]
+    assert after["loss"] < 0.5 * before["loss"]
+    assert after["accuracy"] > 0.9
+    # Fill-mask: predict draws nothing and predicts the [MASK] positions.
+    query = held_out[:2].copy()
+    query[:, 2] = 1
+    out = model.predict(query, verbose=0)
+    np.testing.assert_array_equal(out["mask_positions"][:, 0], [2, 2])
+    np.testing.assert_array_equal(out["mask_weights"][:, 1:], 0)
+    np.testing.assert_array_equal(
+        out["logits"][:, 0].argmax(-1), held_out[:2, 3]
+    )
+
+
+def test_masked_lm_saves_and_loads(tmp_path):
+    model = _masked_lm(compile=False)
+    query = _topic_rows(2, 3)
+    query[:, 1] = 1
+    want = model.predict(query, verbose=0)
+    path = tmp_path / "mlm.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    got = loaded.predict(query, verbose=0)
+    np.testing.assert_allclose(got["logits"], want["logits"], atol=1e-6)
+    assert loaded.masking.get_config() == model.masking.get_config()
