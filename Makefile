@@ -16,8 +16,11 @@ $(STAMP): setup.cfg pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+# The main job: pretrain a masked-LM encoder with dynamic masking on the
+# embedded corpus (about 4 minutes on 2 cores), then fill a mask with it.
 demo: $(STAMP)
-	$(VENV)/bin/keras-dynmask demo
+	$(VENV)/bin/keras-dynmask pretrain
+	$(VENV)/bin/keras-dynmask fill-mask "Return the [MASK] of items in a list."
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .

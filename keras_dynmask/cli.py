@@ -48,6 +48,48 @@ def _parser():
         "demo",
         help="train a small Transformer with dynamic masks and show them",
     )
+
+    from keras_dynmask.pretraining_defaults import DEFAULTS
+
+    pretrain = commands.add_parser(
+        "pretrain",
+        help="pretrain a masked-LM encoder with dynamic masking",
+        description="Pretrains a masked-LM encoder with RoBERTa's dynamic "
+        "masking on the embedded corpus (or --corpus), reports held-out "
+        "masked-LM accuracy beside a unigram baseline, saves the model, "
+        "and fills a mask. Rerunning after an interruption resumes from the "
+        "last finished epoch.",
+    )
+    pretrain.add_argument(
+        "--corpus", help="a .txt file or a folder of them (default: embedded)"
+    )
+    pretrain.add_argument(
+        "--output",
+        default="saved_models/masked_lm",
+        help="folder for the model (default: %(default)s)",
+    )
+    pretrain.add_argument(
+        "--steps-per-epoch", type=int, help="default: a full pass"
+    )
+    for name, value in DEFAULTS.items():
+        pretrain.add_argument(
+            "--" + name.replace("_", "-"),
+            type=type(value),
+            default=value,
+            help="default: %(default)s",
+        )
+
+    fill = commands.add_parser(
+        "fill-mask",
+        help="predict the [MASK] tokens of a text with a pretrained model",
+    )
+    fill.add_argument("text", help='e.g. "the [MASK] of a list"')
+    fill.add_argument(
+        "--model",
+        default="saved_models/masked_lm",
+        help="folder a pretrain run wrote (default: %(default)s)",
+    )
+    fill.add_argument("--top-k", type=int, default=5)
     return parser
 
 
@@ -105,6 +147,31 @@ def main(argv=None):
         from keras_dynmask.demo import run_demo
 
         run_demo()
+    elif args.command == "pretrain":
+        from keras_dynmask import pretraining
+        from keras_dynmask.pretraining_defaults import DEFAULTS
+
+        settings = {name: getattr(args, name) for name in DEFAULTS}
+        try:
+            pretraining.pretrain(
+                corpus_path=args.corpus,
+                output=args.output,
+                steps_per_epoch=args.steps_per_epoch,
+                **settings,
+            )
+        except ValueError as error:
+            parser.error(str(error))
+    elif args.command == "fill-mask":
+        from keras_dynmask import pretraining
+
+        try:
+            model, tokenizer = pretraining.load(args.model)
+            lines = pretraining.fill_mask(
+                model, tokenizer, args.text, top_k=args.top_k
+            )
+        except ValueError as error:
+            parser.error(str(error))
+        print("\n".join(lines))
     return 0
 
 

@@ -3,10 +3,83 @@
 TensorFlow-specific by design; layers never import this module.
 """
 
+import numpy as np
 import tensorflow as tf
 
 from keras_dynmask import _random
 from keras_dynmask import masked_lm
+from keras_dynmask._checks import check_int
+
+
+def sequences(tokenizer, documents, max_length):
+    """Cuts tokenized documents into `[CLS] ... [SEP]` sequences of at most
+    `max_length` ids; a short document stays one short sequence.
+
+    Returns:
+        list of int32 numpy arrays, each of its own length.
+    """
+    max_length = check_int("max_length", max_length, minimum=3)
+    body = max_length - 2
+    ragged = tokenizer.tokenize(documents)
+    flat = ragged.flat_values.numpy()
+    bounds = ragged.row_splits.numpy()
+    out = []
+    for start, end in zip(bounds[:-1], bounds[1:], strict=True):
+        for first in range(start, end, body):
+            piece = flat[first : min(first + body, end)]
+            out.append(
+                np.concatenate(
+                    [[tokenizer.cls_id], piece, [tokenizer.sep_id]]
+                ).astype("int32")
+            )
+    return out
+
+
+def batched(sequences, batch_size, pad_id=0, seed=None, boundaries=None):
+    """A tf.data pipeline of padded batches, each padded only to its own
+    longest sequence (dynamic padding), sequences of similar length
+    batched together.
+
+    Args:
+        sequences: list of 1-D int arrays.
+        batch_size: int.
+        pad_id: int. Defaults to `0`.
+        seed: int or `None`. Shuffles each epoch (reproducibly) when given.
+        boundaries: bucket boundaries; defaults to powers of two.
+
+    Returns:
+        A `tf.data.Dataset` of int32 `(B, T)` batches, `T` varying.
+    """
+    batch_size = check_int("batch_size", batch_size, minimum=1)
+    if not sequences:
+        raise ValueError("sequences is empty: there is nothing to batch")
+    lengths = [len(s) for s in sequences]
+    flat = tf.constant(np.concatenate(sequences).astype("int32"))
+    splits = tf.constant(np.concatenate([[0], np.cumsum(lengths)]), tf.int64)
+    data = tf.data.Dataset.range(len(sequences)).map(
+        lambda i: flat[splits[i] : splits[i + 1]]
+    )
+    if seed is not None:
+        data = data.shuffle(
+            len(sequences), seed=seed, reshuffle_each_iteration=True
+        )
+    if boundaries is None:
+        boundaries = [2**k + 1 for k in range(3, 12) if 2**k < max(lengths)]
+    data = data.bucket_by_sequence_length(
+        lambda s: tf.shape(s)[0],
+        bucket_boundaries=boundaries,
+        bucket_batch_sizes=[batch_size] * (len(boundaries) + 1),
+        padding_values=pad_id,
+    )
+    # Every bucket ends with one partial batch: the count is exact, and
+    # stating it lets Keras show progress and not warn about running out.
+    buckets = np.bincount(
+        np.searchsorted(boundaries, lengths, side="right"),
+        minlength=len(boundaries) + 1,
+    )
+    count = int(sum(-(-n // batch_size) for n in buckets))
+    data = data.apply(tf.data.experimental.assert_cardinality(count))
+    return data.prefetch(tf.data.AUTOTUNE)
 
 
 def mask_tokens_dataset(dataset, masking, seed=None):

@@ -11,6 +11,12 @@ settings.register_profile("long", deadline=None, max_examples=5000)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
+@pytest.fixture(autouse=True)
+def _vocabulary_cache(tmp_path, monkeypatch):
+    """Learned vocabularies go to a temporary folder, not the home one."""
+    monkeypatch.setenv("KERAS_DYNMASK_CACHE", str(tmp_path / "cache"))
+
+
 @pytest.fixture
 def mixed_policy(request):
     """Sets a global dtype policy for one test and restores float32."""

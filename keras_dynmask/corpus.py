@@ -1,0 +1,95 @@
+"""Text to pretrain on: the embedded default corpus, or the user's files.
+
+The default corpus ships with every Python installation: the docstrings of
+the standard library's modules, classes and functions (read from source
+with `ast`, never imported) and the help topics of `pydoc_data.topics`,
+about 330,000 words, always in the same order.
+"""
+
+import ast
+import hashlib
+import pathlib
+import sysconfig
+
+# Folders of the standard library that hold tests or vendored code.
+_SKIPPED_PARTS = {"test", "tests", "idlelib", "site-packages", "lib2to3"}
+_MIN_WORDS = 8
+
+
+def default_corpus():
+    """Documents of the embedded corpus, in a fixed order.
+
+    Returns:
+        list of str.
+    """
+    from pydoc_data import topics
+
+    documents = []
+    root = pathlib.Path(sysconfig.get_paths()["stdlib"])
+    for path in sorted(root.rglob("*.py")):
+        parts = path.relative_to(root).parts
+        if any(p in _SKIPPED_PARTS or p.startswith("test") for p in parts):
+            continue
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+        except (SyntaxError, UnicodeDecodeError, OSError):
+            continue
+        documents.extend(_docstrings(tree))
+    documents.extend(topics.topics[name] for name in sorted(topics.topics))
+    return documents
+
+
+def _docstrings(tree):
+    kinds = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
+    for node in ast.walk(tree):
+        if isinstance(node, kinds):
+            text = ast.get_docstring(node)
+            if text and len(text.split()) >= _MIN_WORDS:
+                yield text
+
+
+def read_corpus(path):
+    """Documents from a `.txt` file or a folder of them (searched
+    recursively, in sorted order); blank lines separate documents.
+
+    Raises:
+        ValueError: when the path does not exist or holds no text.
+    """
+    path = pathlib.Path(path)
+    if not path.exists():
+        raise ValueError(f"corpus path does not exist: corpus={str(path)!r}")
+    files = [path] if path.is_file() else sorted(path.rglob("*.txt"))
+    documents = []
+    for file in files:
+        text = file.read_text(encoding="utf-8", errors="replace")
+        documents.extend(
+            block.strip() for block in text.split("\n\n") if block.strip()
+        )
+    if not documents:
+        where = "file" if path.is_file() else "folder (no .txt files with text)"
+        raise ValueError(
+            f"The corpus {where} holds no text: corpus={str(path)!r}"
+        )
+    return documents
+
+
+def split_documents(documents, held_out_fraction=0.05):
+    """Splits documents into (training, held-out) by a hash of their text,
+    so the split does not depend on their order.
+    """
+    if not 0.0 < held_out_fraction < 1.0:
+        raise ValueError(
+            "held_out_fraction must be in (0, 1), received "
+            f"held_out_fraction={held_out_fraction!r}"
+        )
+    training, held_out = [], []
+    for document in documents:
+        digest = hashlib.sha256(document.encode("utf-8")).digest()
+        share = int.from_bytes(digest[:4], "big") / 2**32
+        (held_out if share < held_out_fraction else training).append(document)
+    if not training or not held_out:
+        raise ValueError(
+            f"The corpus is too small to split: {len(documents)} documents "
+            f"gave {len(training)} for training and {len(held_out)} held out"
+        )
+    return training, held_out

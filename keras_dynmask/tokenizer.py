@@ -1,0 +1,139 @@
+"""A WordPiece tokenizer built with tensorflow-text, cached on disk."""
+
+import hashlib
+import pathlib
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_text as text
+
+from keras_dynmask._checks import check_int
+
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+MASK_TOKEN = "[MASK]"
+
+
+class WordPieceTokenizer:
+    """Lower-cased WordPiece (BERT's) over a vocabulary list.
+
+    The special tokens come first: `[PAD]` 0, `[UNK]` 1, `[CLS]` 2,
+    `[SEP]` 3, `[MASK]` 4. The text `[MASK]` in an input stays one mask
+    token.
+
+    Args:
+        vocabulary: list of str, special tokens first.
+    """
+
+    def __init__(self, vocabulary):
+        vocabulary = list(vocabulary)
+        if tuple(vocabulary[: len(SPECIAL_TOKENS)]) != SPECIAL_TOKENS:
+            raise ValueError(
+                f"vocabulary must start with {SPECIAL_TOKENS}, received "
+                f"vocabulary[:5]={vocabulary[:5]!r}"
+            )
+        self.vocabulary = vocabulary
+        self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id = (
+            range(len(SPECIAL_TOKENS))
+        )
+        self._tokenizer = text.FastBertTokenizer(
+            vocabulary,
+            token_out_type=tf.int32,
+            lower_case_nfd_strip_accents=True,
+            unknown_token="[UNK]",
+        )
+
+    @property
+    def vocabulary_size(self):
+        return len(self.vocabulary)
+
+    @property
+    def special_ids(self):
+        return list(range(len(SPECIAL_TOKENS)))
+
+    @classmethod
+    def build(cls, documents, vocabulary_size, cache_dir=None):
+        """Learns a vocabulary from documents (tensorflow-text's
+        `bert_vocab_from_dataset`), or reads it from `cache_dir` when the
+        same documents and size were seen before.
+        """
+        from tensorflow_text.tools.wordpiece_vocab import (
+            bert_vocab_from_dataset as learn,
+        )
+
+        vocabulary_size = check_int(
+            "vocabulary_size", vocabulary_size, minimum=1
+        )
+        if vocabulary_size <= len(SPECIAL_TOKENS):
+            raise ValueError(
+                f"vocabulary_size must exceed the {len(SPECIAL_TOKENS)} "
+                f"special tokens, received vocabulary_size={vocabulary_size}"
+            )
+        digest = hashlib.sha256()
+        for document in documents:
+            digest.update(document.encode("utf-8"))
+        key = f"{digest.hexdigest()[:16]}-{vocabulary_size}"
+        cached = None
+        if cache_dir is not None:
+            cached = pathlib.Path(cache_dir) / f"vocabulary-{key}.txt"
+            if cached.exists():
+                return cls.load(cached)
+        dataset = tf.data.Dataset.from_tensor_slices(list(documents))
+        vocabulary = learn.bert_vocab_from_dataset(
+            dataset.batch(1000),
+            vocab_size=vocabulary_size,
+            reserved_tokens=list(SPECIAL_TOKENS),
+            bert_tokenizer_params={"lower_case": True},
+        )
+        tokenizer = cls(vocabulary)
+        if cached is not None:
+            tokenizer.save(cached)
+        return tokenizer
+
+    @classmethod
+    def load(cls, path):
+        lines = pathlib.Path(path).read_text(encoding="utf-8").splitlines()
+        return cls(lines)
+
+    def save(self, path):
+        path = pathlib.Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("\n".join(self.vocabulary) + "\n", encoding="utf-8")
+        return path
+
+    def tokenize(self, texts):
+        """Token ids of each text, a `tf.RaggedTensor` `(N, None)`."""
+        return self._tokenizer.tokenize(tf.constant(list(texts)))
+
+    def encode(self, texts, max_length=None):
+        """Ids with `[CLS]` and `[SEP]`, as a padded int32 numpy array;
+        `[MASK]` in the text becomes the mask id."""
+        rows = []
+        for item in texts:
+            pieces = item.split(MASK_TOKEN)
+            ids = [self.cls_id]
+            for index, piece in enumerate(pieces):
+                if index:
+                    ids.append(self.mask_id)
+                if piece.strip():
+                    ids.extend(self.tokenize([piece])[0].numpy().tolist())
+            ids.append(self.sep_id)
+            if max_length is not None:
+                ids = ids[: max_length - 1] + [self.sep_id]
+            rows.append(ids)
+        width = max(len(row) for row in rows)
+        out = np.full((len(rows), width), self.pad_id, "int32")
+        for index, row in enumerate(rows):
+            out[index, : len(row)] = row
+        return out
+
+    def decode(self, ids):
+        """Readable text of ids, `##` pieces joined to their words."""
+        words = []
+        for token in (self.vocabulary[i] for i in ids):
+            if token in SPECIAL_TOKENS and token != MASK_TOKEN:
+                continue
+            if token.startswith("##") and words:
+                words[-1] += token[2:]
+            else:
+                words.append(token)
+        return " ".join(words)
