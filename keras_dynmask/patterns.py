@@ -41,7 +41,17 @@ class Pattern:
         """The per-example input names this pattern cannot do without."""
         return frozenset()
 
-    def mask(self, query_length, key_length=None, offset=0, **inputs):
+    def leaves(self):
+        """The word patterns this pattern is made of, left to right."""
+        return (self,)
+
+    def parameters(self):
+        """This word's fixed int parameters by name (`{"left": 3, ...}`)."""
+        return {}
+
+    def mask(
+        self, query_length, key_length=None, offset=0, variables=None, **inputs
+    ):
         """Builds the boolean mask for one batch.
 
         Args:
@@ -49,6 +59,8 @@ class Pattern:
             key_length: int or scalar tensor. `S`. Defaults to `T`.
             offset: int or int tensor `(B,)`. Absolute position of query 0,
                 for decoding with a cache. Defaults to `0`.
+            variables: optional `{id(leaf): {name: variable}}` standing in
+                for fixed parameters, so a layer can schedule them.
             **inputs: per-example tensors named in `PATTERN_INPUTS`.
 
         Returns:
@@ -67,10 +79,16 @@ class Pattern:
                     f"received {name}=None"
                 )
         key_length = query_length if key_length is None else key_length
+        inputs = {**inputs, "_variables": variables or {}}
         return self._mask(query_length, key_length, offset, inputs)
 
     def _mask(self, query_length, key_length, offset, inputs):
         raise NotImplementedError
+
+    def _value(self, inputs, name):
+        """A parameter: the variable a layer holds for it, or the int."""
+        held = inputs.get("_variables", {}).get(id(self), {})
+        return held.get(name, getattr(self, name))
 
     def get_config(self):
         return {}
@@ -162,9 +180,16 @@ class Window(Pattern):
         self.right = self.left if right is None else right
         self.right = check_int("right", self.right, minimum=0)
 
+    def parameters(self):
+        return {"left": self.left, "right": self.right}
+
     def _mask(self, query_length, key_length, offset, inputs):
         return masks.window_mask(
-            self.left, self.right, query_length, key_length, offset
+            self._value(inputs, "left"),
+            self._value(inputs, "right"),
+            query_length,
+            key_length,
+            offset,
         )
 
     def get_config(self):
@@ -193,10 +218,14 @@ class Prefix(Pattern):
     def required_inputs(self):
         return frozenset() if self.length is not None else {"prefix_length"}
 
+    def parameters(self):
+        return {} if self.length is None else {"length": self.length}
+
     def _mask(self, query_length, key_length, offset, inputs):
-        length = self.length
-        if length is None:
+        if self.length is None:
             length = inputs["prefix_length"]
+        else:
+            length = self._value(inputs, "length")
         return masks.prefix_mask(length, query_length, key_length, offset)
 
     def get_config(self):
@@ -250,11 +279,18 @@ class Span(Pattern):
             return frozenset()
         return frozenset({"span_length", "span_position"})
 
+    def parameters(self):
+        if self.length is None:
+            return {}
+        return {"length": self.length, "position": self.position}
+
     def _mask(self, query_length, key_length, offset, inputs):
-        length, position = self.length, self.position
-        if length is None:
+        if self.length is None:
             length = inputs["span_length"]
             position = inputs["span_position"]
+        else:
+            length = self._value(inputs, "length")
+            position = self._value(inputs, "position")
         return masks.span_mask(
             length, position, query_length, key_length, offset
         )
@@ -291,6 +327,9 @@ class _Combination(Pattern):
 
     def required_inputs(self):
         return frozenset().union(*(p.required_inputs() for p in self.patterns))
+
+    def leaves(self):
+        return tuple(leaf for p in self.patterns for leaf in p.leaves())
 
     def _mask(self, query_length, key_length, offset, inputs):
         result = None
@@ -352,6 +391,9 @@ class Not(Pattern):
 
     def required_inputs(self):
         return self.pattern.required_inputs()
+
+    def leaves(self):
+        return self.pattern.leaves()
 
     def _mask(self, query_length, key_length, offset, inputs):
         return keras.ops.logical_not(

@@ -14,7 +14,7 @@ def _stock_twin(layer, query):
     """A stock Keras MHA holding the same weights as `layer`."""
     stock = keras.layers.MultiHeadAttention(layer.num_heads, layer.key_dim)
     stock(query, query)
-    stock.set_weights(layer.get_weights())
+    stock.set_weights([w.numpy() for w in layer.trainable_weights])
     return stock
 
 

@@ -10,6 +10,7 @@ from keras_dynmask._checks import check_rate
 from keras_dynmask._keras_mask import set_keras_mask
 from keras_dynmask._keras_mask import without_mask
 from keras_dynmask.layers.attention_mask import call_attention_mask
+from keras_dynmask.layers.attention_mask import pattern_variables
 from keras_dynmask.parsing import as_pattern
 
 _register = keras.saving.register_keras_serializable(package="keras_dynmask")
@@ -28,6 +29,10 @@ class MultiHeadAttention(keras.layers.Layer):
     with the propagated query and key padding masks into a `(B, T, S)`
     boolean mask each time it is called. It never clears or changes the
     masks of its inputs, so residual connections keep their mask.
+
+    The pattern's int parameters live in the non-trainable variables of
+    `pattern_variables` (`{"window_0_left": ..., "window_0_right": ...}`),
+    which a callback may change during training without retracing.
 
     A query row with no visible key (a padding position, or a pattern that
     hides every key) returns zeros: its attention weights are set to zero
@@ -104,6 +109,9 @@ class MultiHeadAttention(keras.layers.Layer):
         self.dropout = check_rate("dropout", dropout)
         self.use_bias = bool(use_bias)
         self.pattern = as_pattern(pattern)
+        self.pattern_variables, self._by_leaf = pattern_variables(
+            self, self.pattern
+        )
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.bias_initializer = keras.initializers.get(bias_initializer)
         self._dropout_layer = keras.layers.Dropout(
@@ -174,6 +182,7 @@ class MultiHeadAttention(keras.layers.Layer):
             query_mask,
             key_mask,
             offset,
+            variables=self._by_leaf,
             segment_ids=segment_ids,
             key_segment_ids=key_segment_ids,
             prefix_length=prefix_length,

@@ -10,8 +10,43 @@ from keras_dynmask.parsing import as_pattern
 _register = keras.saving.register_keras_serializable(package="keras_dynmask")
 
 
+def pattern_variables(layer, pattern):
+    """Non-trainable variables holding the pattern's int parameters.
+
+    A callback may assign them during `model.fit` (a window that widens, a
+    span that moves) without retracing; saved models keep their values and
+    exported graphs read them.
+
+    Returns:
+        `(named, by_leaf)`: `{"window_0_left": variable, ...}` for users,
+        and `{id(leaf): {"left": variable}}` for `Pattern.mask`.
+    """
+    named, by_leaf = {}, {}
+    for index, leaf in enumerate(pattern.leaves()):
+        for name, value in leaf.parameters().items():
+            word = str(leaf).split("(")[0]
+            key = f"{word}_{index}_{name}"
+            variable = layer.add_weight(
+                shape=(),
+                dtype="int32",
+                initializer=keras.initializers.Constant(value),
+                trainable=False,
+                name=key,
+            )
+            named[key] = variable
+            by_leaf.setdefault(id(leaf), {})[name] = variable
+    return named, by_leaf
+
+
 def call_attention_mask(
-    pattern, query, key, query_mask=None, key_mask=None, offset=0, **inputs
+    pattern,
+    query,
+    key,
+    query_mask=None,
+    key_mask=None,
+    offset=0,
+    variables=None,
+    **inputs,
 ):
     """The mask one attention call needs, built from this batch's tensors.
 
@@ -22,6 +57,7 @@ def call_attention_mask(
         query_mask: bool `(B, T)` or `None`.
         key_mask: bool `(B, S)` or `None`.
         offset: int or int tensor `(B,)`. Absolute position of query 0.
+        variables: from `pattern_variables`, or `None`.
         **inputs: per-example pattern inputs; `None` values are ignored.
 
     Returns:
@@ -33,7 +69,11 @@ def call_attention_mask(
     pattern_mask = None
     if not isinstance(pattern, patterns.Bidirectional):
         pattern_mask = pattern.mask(
-            ops.shape(query)[1], ops.shape(key)[1], offset, **inputs
+            ops.shape(query)[1],
+            ops.shape(key)[1],
+            offset,
+            variables=variables,
+            **inputs,
         )
     return masks.merge_masks(pattern_mask, query_mask, key_mask)
 
@@ -48,6 +88,10 @@ class AttentionMask(keras.layers.Layer):
 
     Masking: reads the propagated masks of `query` and `key` (padding);
     its output carries no mask.
+
+    The pattern's int parameters (window sizes, fixed spans and prefixes)
+    live in the non-trainable variables of `pattern_variables` (named like
+    `"window_0_left"`), which a callback may change during training.
 
     Args:
         pattern: `Pattern` or pattern text, e.g. `"causal & window(3)"`.
@@ -79,6 +123,9 @@ class AttentionMask(keras.layers.Layer):
     def __init__(self, pattern="bidirectional", **kwargs):
         super().__init__(**kwargs)
         self.pattern = as_pattern(pattern)
+        self.pattern_variables, self._by_leaf = pattern_variables(
+            self, self.pattern
+        )
 
     def call(
         self,
@@ -107,6 +154,7 @@ class AttentionMask(keras.layers.Layer):
             query_mask,
             key_mask,
             offset,
+            variables=self._by_leaf,
             segment_ids=segment_ids,
             key_segment_ids=key_segment_ids,
             prefix_length=prefix_length,

@@ -220,6 +220,17 @@ class TransformerBlock(keras.layers.Layer):
             set_keras_mask(x, ops.cast(mask, "bool"))
         return x
 
+    @property
+    def pattern_variables(self):
+        """The self-attention's pattern variables (see
+        `MultiHeadAttention`); available once the block is built."""
+        if not self.built:
+            raise ValueError(
+                f"Block {self.name!r} is not built yet: call it on an input "
+                "first, then read pattern_variables"
+            )
+        return self._attention.pattern_variables
+
     def _residual(self, x, norm, transform, training):
         """`x + transform(norm(x))` (pre-LN) or `norm(x + transform(x))`."""
         inner = norm(x) if self.normalize_first else x
