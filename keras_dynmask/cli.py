@@ -90,6 +90,39 @@ def _parser():
         help="folder a pretrain run wrote (default: %(default)s)",
     )
     fill.add_argument("--top-k", type=int, default=5)
+
+    exporter = commands.add_parser(
+        "export",
+        help="export a .keras model to a SavedModel and/or TFLite",
+        description="Writes a SavedModel in TF Serving's layout (DIR/N/, the "
+        "next free version N) and/or a TFLite file with builtin ops only, "
+        "then prints the largest difference of each from Keras.",
+    )
+    exporter.add_argument("model", help="a .keras file")
+    exporter.add_argument("--saved-model", help="the model's serving folder")
+    exporter.add_argument("--tflite", help="a .tflite file to write")
+    exporter.add_argument(
+        "--quantization",
+        choices=["dynamic_range", "float16", "int8"],
+        help="TFLite quantization (default: none, float32)",
+    )
+    exporter.add_argument(
+        "--vocabulary",
+        help="vocabulary.txt: adds a raw-text signature to the SavedModel "
+        "and calibrates int8 on text (default: beside the model, if any)",
+    )
+
+    predict = commands.add_parser(
+        "predict",
+        help="run a SavedModel or TFLite file on text or token ids",
+    )
+    predict.add_argument("artifact", help="a SavedModel folder or .tflite")
+    source = predict.add_mutually_exclusive_group(required=True)
+    source.add_argument("--text", help="text to tokenize")
+    source.add_argument("--ids", type=_int_list, help="token ids: 2,45,3")
+    predict.add_argument(
+        "--vocabulary", help="vocabulary.txt (default: found beside)"
+    )
     return parser
 
 
@@ -172,6 +205,20 @@ def main(argv=None):
         except ValueError as error:
             parser.error(str(error))
         print("\n".join(lines))
+    elif args.command == "export":
+        from keras_dynmask.serving_cli import run_export
+
+        try:
+            run_export(args)
+        except ValueError as error:
+            parser.error(str(error))
+    elif args.command == "predict":
+        from keras_dynmask.serving_cli import run_predict
+
+        try:
+            run_predict(args)
+        except ValueError as error:
+            parser.error(str(error))
     return 0
 
 

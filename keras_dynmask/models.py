@@ -56,6 +56,35 @@ def gather_positions(hidden, positions):
     return ops.einsum("bkt,btd->bkd", one_hot, hidden)
 
 
+def _encoder_graph(
+    vocabulary_size,
+    num_layers,
+    num_heads,
+    hidden_dim,
+    intermediate_dim,
+    pattern,
+    pad_id,
+    dropout,
+):
+    """Inputs, the hidden states `(B, T, D)`, and the embedding layer."""
+    pattern = as_pattern(pattern)
+    inputs = _inputs_for(pattern)
+    embedding = TokenEmbedding(
+        vocabulary_size, hidden_dim, pad_id=pad_id, name="token_embedding"
+    )
+    x = keras.layers.Dropout(dropout)(embedding(inputs["token_ids"]))
+    settings = {
+        "num_heads": num_heads,
+        "intermediate_dim": intermediate_dim,
+        "pattern": pattern,
+        "dropout": dropout,
+    }
+    per_example = {k: v for k, v in inputs.items() if k != "token_ids"}
+    hidden = _stack(x, num_layers, settings, **per_example)
+    model_inputs = inputs if per_example else inputs["token_ids"]
+    return model_inputs, hidden, embedding
+
+
 def build_encoder(
     vocabulary_size,
     num_layers=4,
@@ -93,22 +122,17 @@ def build_encoder(
     >>> encoder(np.array([[5, 6, 0]])).shape
     TensorShape([1, 3, 8])
     """
-    pattern = as_pattern(pattern)
-    inputs = _inputs_for(pattern)
-    x = TokenEmbedding(
-        vocabulary_size, hidden_dim, pad_id=pad_id, name="token_embedding"
-    )(inputs["token_ids"])
-    x = keras.layers.Dropout(dropout)(x)
-    settings = {
-        "num_heads": num_heads,
-        "intermediate_dim": intermediate_dim,
-        "pattern": pattern,
-        "dropout": dropout,
-    }
-    per_example = {k: v for k, v in inputs.items() if k != "token_ids"}
-    outputs = _stack(x, num_layers, settings, **per_example)
-    model_inputs = inputs if per_example else inputs["token_ids"]
-    return keras.Model(model_inputs, outputs, name=name)
+    inputs, hidden, _ = _encoder_graph(
+        vocabulary_size,
+        num_layers,
+        num_heads,
+        hidden_dim,
+        intermediate_dim,
+        pattern,
+        pad_id,
+        dropout,
+    )
+    return keras.Model(inputs, hidden, name=name)
 
 
 def build_causal_lm(
@@ -136,24 +160,17 @@ def build_causal_lm(
         A functional `keras.Model` giving logits `(B, T, vocabulary_size)`
         (the output projection is tied to the token embedding).
     """
-    pattern = as_pattern(pattern)
-    encoder = build_encoder(
+    inputs, hidden, embedding = _encoder_graph(
         vocabulary_size,
         num_layers,
         num_heads,
         hidden_dim,
         intermediate_dim,
-        pattern=pattern,
-        pad_id=pad_id,
-        dropout=dropout,
-        name=f"{name}_backbone",
+        pattern,
+        pad_id,
+        dropout,
     )
-    inputs = _inputs_for(pattern)
-    hidden = encoder(inputs if len(inputs) > 1 else inputs["token_ids"])
-    embedding = encoder.get_layer("token_embedding")
-    logits = embedding(hidden, reverse=True)
-    model_inputs = inputs if len(inputs) > 1 else inputs["token_ids"]
-    return keras.Model(model_inputs, logits, name=name)
+    return keras.Model(inputs, embedding(hidden, reverse=True), name=name)
 
 
 def build_seq2seq(

@@ -13,10 +13,10 @@ import time
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from keras_dynmask import corpus
 from keras_dynmask import data
+from keras_dynmask import export
 from keras_dynmask import models
 from keras_dynmask.layers import TokenMasking
 from keras_dynmask.pretraining_defaults import DEFAULTS
@@ -39,7 +39,9 @@ def pretrain(
         corpus_path: a `.txt` file or folder, or `None` for the embedded
             corpus.
         output: folder for `model.keras`, `vocabulary.txt`,
-            `settings.json`, the SavedModel `1/` and, while training, the
+            `settings.json`, a SavedModel in the next free version folder
+            (`1/`, `2/`, ...: TF Serving's layout, with a raw-text
+            signature), `masked_lm.tflite` and, while training, the
             `backup/` a rerun resumes from.
         steps_per_epoch: int or `None` (a full pass over the data).
         callbacks: extra Keras callbacks.
@@ -130,15 +132,15 @@ def pretrain(
 
     model.save(output / "model.keras")
     (output / "settings.json").write_text(json.dumps(settings, indent=2))
-    model.export(
-        str(output / "1"),
-        format="tf_saved_model",
-        input_signature=[
-            tf.TensorSpec((None, None), tf.int32, name="token_ids")
-        ],
-        verbose=False,
+    saved = export.to_saved_model(model, output, tokenizer=tokenizer)
+    tflite = export.to_tflite(model, output / "masked_lm.tflite")
+    sample = tokenizer.encode([SAMPLE, "The [MASK] is [MASK]."])
+    gaps = export.parity(model, sample, saved_model=saved, tflite=tflite)
+    log(
+        f"Saved {output / 'model.keras'}, the SavedModel {saved} (for TF "
+        f"Serving) and {tflite.name}; largest difference from Keras: "
+        f"SavedModel {gaps['saved_model']:.1e}, TFLite {gaps['tflite']:.1e}"
     )
-    log(f"Saved {output / 'model.keras'} and the SavedModel {output / '1'}")
     for line in fill_mask(model, tokenizer, SAMPLE):
         log(line)
     log(f"Done in {time.time() - start:.0f} s")
@@ -206,17 +208,25 @@ def fill_mask(model, tokenizer, text, top_k=5):
     ids = tokenizer.encode([text])
     if not (ids == tokenizer.mask_id).any():
         raise ValueError(f"text has no [MASK] to fill, received text={text!r}")
-    out = model.predict(ids, verbose=0)
+    return describe_guesses(
+        model.predict(ids, verbose=0), tokenizer, text, top_k
+    )
+
+
+def describe_guesses(outputs, tokenizer, text, top_k=5):
+    """Fill-mask lines from a masked-LM's outputs for one text (from
+    Keras, a SavedModel or TFLite)."""
     lines = [f"Fill-mask: {text}"]
-    for slot in np.flatnonzero(out["mask_weights"][0]):
-        scores = out["logits"][0, slot]
+    for slot in np.flatnonzero(np.asarray(outputs["mask_weights"])[0]):
+        scores = np.asarray(outputs["logits"])[0, slot]
         probabilities = np.exp(scores - scores.max())
         probabilities /= probabilities.sum()
         best = np.argsort(-probabilities)[:top_k]
         guesses = ", ".join(
             f"{tokenizer.vocabulary[i]} ({probabilities[i]:.2f})" for i in best
         )
-        lines.append(f"  [MASK] at {out['mask_positions'][0, slot]}: {guesses}")
+        position = np.asarray(outputs["mask_positions"])[0, slot]
+        lines.append(f"  [MASK] at {position}: {guesses}")
     return lines
 
 

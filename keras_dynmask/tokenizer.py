@@ -43,6 +43,11 @@ class WordPieceTokenizer:
         )
 
     @property
+    def module(self):
+        """The tensorflow-text tokenizer, a `tf.Module` a SavedModel tracks."""
+        return self._tokenizer
+
+    @property
     def vocabulary_size(self):
         return len(self.vocabulary)
 
@@ -125,6 +130,38 @@ class WordPieceTokenizer:
         for index, row in enumerate(rows):
             out[index, : len(row)] = row
         return out
+
+    def encode_tensor(self, texts):
+        """`encode` as TensorFlow ops, for graphs that take raw text.
+
+        Args:
+            texts: tf.string `(B,)`.
+
+        Returns:
+            int32 `(B, T)`: `[CLS] ids [SEP]`, padded with `[PAD]` to the
+            longest text of the batch.
+        """
+        pieces = tf.strings.split(texts, sep=MASK_TOKEN)
+        tokens = self._tokenizer.tokenize(pieces.flat_values)
+        # Every piece but the last of its text is followed by a [MASK].
+        starts = pieces.row_starts()
+        ends = starts + pieces.row_lengths()
+        index = tf.range(tf.shape(pieces.flat_values, out_type=tf.int64)[0])
+        is_last = tf.reduce_any(
+            tf.equal(index[:, None], ends[None, :] - 1), axis=1
+        )
+        follow = tf.RaggedTensor.from_row_lengths(
+            tf.fill([tf.reduce_sum(tf.cast(~is_last, tf.int32))], self.mask_id),
+            tf.cast(~is_last, tf.int64),
+        )
+        tokens = tf.concat([tokens, follow], axis=1)
+        rows = tf.RaggedTensor.from_row_splits(tokens, pieces.row_splits)
+        rows = rows.merge_dims(1, 2)
+        batch = rows.nrows()
+        cls = tf.fill([batch, 1], self.cls_id)
+        sep = tf.fill([batch, 1], self.sep_id)
+        rows = tf.concat([cls, rows, sep], axis=1)
+        return rows.to_tensor(default_value=self.pad_id)
 
     def decode(self, ids):
         """Readable text of ids, `##` pieces joined to their words."""

@@ -211,7 +211,11 @@ class MultiHeadAttention(keras.layers.Layer):
         if mask is not None:
             head_mask = ops.expand_dims(mask, 1)
             scores = ops.where(head_mask, scores, _MASKED_SCORE)
-        weights = ops.softmax(scores, axis=-1)
+        if scores.shape[-1] == 1:
+            # One key: its weight is 1 (Keras warns on a softmax of size 1).
+            weights = ops.ones_like(scores)
+        else:
+            weights = ops.softmax(scores, axis=-1)
         if mask is not None:
             # A row whose keys are all hidden would otherwise be uniform.
             weights = ops.where(head_mask, weights, 0.0)

@@ -1,0 +1,304 @@
+"""Export for serving: a SavedModel in TF Serving's layout, and TFLite.
+
+Every exported graph recomputes its masks from each request's own ids, so
+any batch size and sequence length are accepted. TensorFlow-specific by
+design; layers never import this module.
+"""
+
+import os
+import pathlib
+import re
+import shutil
+import tempfile
+import warnings
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+QUANTIZATIONS = (None, "dynamic_range", "float16", "int8")
+
+
+def input_signature(model):
+    """`{name: tf.TensorSpec}` of a token-id model's inputs, batch and length
+    free.
+
+    Raises:
+        ValueError: when an input is not integer ids.
+    """
+    inputs = model.inputs if hasattr(model, "inputs") and model.inputs else []
+    if not inputs:
+        # A subclassed model such as MaskedLM takes token ids.
+        return {
+            "token_ids": tf.TensorSpec((None, None), tf.int32, name="token_ids")
+        }
+    specs = {}
+    for tensor in inputs:
+        name = tensor.name
+        dtype = keras.backend.standardize_dtype(tensor.dtype)
+        if "int" not in dtype:
+            raise ValueError(
+                "Export expects a model whose inputs are token ids and "
+                f"per-example ints; input {name!r} has dtype {dtype}"
+            )
+        shape = (None,) * len(tensor.shape)
+        specs[name] = tf.TensorSpec(shape, tf.int32, name=name)
+    return specs
+
+
+def _takes_dict(model):
+    """Whether the model is called with a dict of inputs."""
+    try:
+        return isinstance(model.input, dict)
+    except AttributeError:  # a subclassed model, called on token ids
+        return False
+
+
+def _call(model, inputs):
+    """Calls the model on `{name: tensor}` the way it was built."""
+    if _takes_dict(model):
+        return model(inputs, training=False)
+    return model(next(iter(inputs.values())), training=False)
+
+
+def _outputs(model, inputs):
+    outputs = _call(model, inputs)
+    if isinstance(outputs, dict):
+        return dict(outputs)
+    return {"outputs": outputs}
+
+
+def _archive(model, specs):
+    """An export archive whose `serving_default` takes and gives names."""
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+
+    def serve(inputs):
+        return _outputs(model, inputs)
+
+    archive.add_endpoint("serving_default", serve, input_signature=[specs])
+    return archive
+
+
+def to_saved_model(model, directory, version=None, tokenizer=None):
+    """Writes a SavedModel into TF Serving's layout, `directory/VERSION/`.
+
+    Signatures:
+
+    - `serving_default`: the model's inputs by name (`token_ids` `(B, T)`
+      int32, plus per-example ints such as `prefix_length` `(B,)`), any
+      `B` and `T`; outputs by name (the model's dict keys, or `outputs`);
+    - `serve_text` when a `tokenizer` is given: `text` `(B,)` strings,
+      tokenized in the graph with tensorflow-text (`[MASK]` stays the mask
+      token), and the same outputs.
+
+    Args:
+        model: a Keras model whose inputs are token ids.
+        directory: the model's folder; versions are numbered subfolders.
+        version: int, or `None` for the next free number.
+        tokenizer: a `keras_dynmask.tokenizer.WordPieceTokenizer`, or
+            `None`.
+
+    Returns:
+        The path of the written version folder. The folder appears whole
+        or not at all: it is written beside it and renamed at the end.
+
+    Raises:
+        ValueError: for inputs that are not token ids, an existing version,
+            or a folder that cannot be written.
+    """
+    directory = pathlib.Path(directory)
+    specs = input_signature(model)
+    _make_folder(directory)
+    if version is None:
+        taken = [int(p.name) for p in directory.iterdir() if p.name.isdigit()]
+        version = max(taken, default=0) + 1
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ValueError(
+            f"version must be a positive int, received version={version!r}"
+        )
+    target = directory / str(version)
+    if target.exists():
+        raise ValueError(
+            f"Version {version} already exists in {str(directory)!r}; pass "
+            "another version, or none for the next free one"
+        )
+
+    archive = _archive(model, specs)
+    if tokenizer is not None:
+        archive.track(tokenizer.module)
+
+        def serve_text(text):
+            token_ids = tokenizer.encode_tensor(text)
+            return _outputs(model, {"token_ids": token_ids})
+
+        archive.add_endpoint(
+            "serve_text",
+            serve_text,
+            input_signature=[tf.TensorSpec((None,), tf.string, name="text")],
+        )
+    staging = pathlib.Path(
+        tempfile.mkdtemp(prefix=f".{version}-writing-", dir=directory)
+    )
+    try:
+        archive.write_out(str(staging), verbose=False)
+        os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def to_tflite(model, path, quantization=None, representative_data=None):
+    """Converts a model to a TFLite file with TFLite builtin ops only.
+
+    Args:
+        model: a Keras model whose inputs are token ids.
+        path: the `.tflite` file to write.
+        quantization: `None` (float32), `"dynamic_range"` (int8 weights),
+            `"float16"` (float16 weights) or `"int8"` (int8 weights and
+            activations, calibrated on `representative_data`).
+        representative_data: for `"int8"`: a list of input batches (arrays,
+            or dicts of arrays keyed by input name).
+
+    Returns:
+        The path written. The file appears whole or not at all.
+
+    Raises:
+        ValueError: for an unknown quantization, inputs that are not token
+            ids, a folder that cannot be written, or a model that would need
+            TensorFlow (Flex) ops, naming them.
+    """
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(
+            f"quantization must be one of {QUANTIZATIONS}, received "
+            f"quantization={quantization!r}"
+        )
+    path = pathlib.Path(path)
+    if path.suffix != ".tflite":
+        raise ValueError(f"path must end with .tflite, received {str(path)!r}")
+    specs = input_signature(model)
+    if quantization == "int8":
+        calibration = _representative(specs, representative_data)
+    _make_folder(path.parent)
+    with tempfile.TemporaryDirectory(dir=path.parent) as staging:
+        _archive(model, specs).write_out(staging, verbose=False)
+        converter = tf.lite.TFLiteConverter.from_saved_model(
+            staging, signature_keys=["serving_default"]
+        )
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        if quantization is not None:
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if quantization == "float16":
+            converter.target_spec.supported_types = [tf.float16]
+        if quantization == "int8":
+            converter.representative_dataset = calibration
+        try:
+            with warnings.catch_warnings():
+                # Calibration runs TensorFlow's own deprecated interpreter.
+                warnings.filterwarnings("ignore", "(?s).*tf.lite.Interpreter")
+                flatbuffer = converter.convert()
+        except Exception as error:  # the converter's own error types vary
+            raise _conversion_error(error) from error
+        written = pathlib.Path(staging) / path.name
+        written.write_bytes(flatbuffer)
+        os.replace(written, path)
+    return path
+
+
+def _representative(specs, batches):
+    """Calibration batches for int8, as the converter wants them."""
+    if not batches:
+        raise ValueError(
+            "quantization='int8' needs representative_data: a list of "
+            "input batches to calibrate on"
+        )
+    names = list(specs)
+
+    def generate():
+        for batch in batches:
+            if not isinstance(batch, dict):
+                batch = {names[0]: batch}
+            yield {k: np.asarray(v, "int32") for k, v in batch.items()}
+
+    return generate
+
+
+def _conversion_error(error):
+    text = str(error)
+    flex = sorted(set(re.findall(r"\btf\.(\w+)", text)))
+    if "Flex" in text or "SELECT_TF_OPS" in text or flex:
+        return ValueError(
+            "The model needs TensorFlow ops that TFLite builtins lack "
+            f"(Flex): {', '.join(flex) or 'see the converter message'}. "
+            "Flex models do not run in the Python TFLite interpreters of "
+            "TF 2.21 or ai-edge-litert 2.3."
+        )
+    return ValueError(f"TFLite conversion failed: {text.splitlines()[0]}")
+
+
+def _make_folder(directory):
+    """Creates `directory`, or says clearly why it cannot be written."""
+    directory = pathlib.Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        if not os.access(directory, os.W_OK):
+            raise PermissionError("not writable")
+        probe = tempfile.NamedTemporaryFile(dir=directory)
+        probe.close()
+    except OSError as error:
+        raise ValueError(
+            f"Cannot write to {str(directory)!r}: {error.strerror or error}"
+        ) from error
+
+
+def _as_inputs(specs, inputs):
+    if isinstance(inputs, dict):
+        return {k: np.asarray(v, "int32") for k, v in inputs.items()}
+    return {next(iter(specs)): np.asarray(inputs, "int32")}
+
+
+def parity(model, inputs, saved_model=None, tflite=None):
+    """Largest differences between Keras and the exported artifacts.
+
+    Args:
+        model: the Keras model.
+        inputs: a batch (array, or dict by input name).
+        saved_model: a version folder from `to_saved_model`, or `None`.
+        tflite: a file from `to_tflite`, or `None`.
+
+    Returns:
+        `{"saved_model": float, "tflite": float}` for the artifacts given:
+        the largest absolute difference over every output.
+    """
+    specs = input_signature(model)
+    feed = _as_inputs(specs, inputs)
+    want = _call(model, feed)
+    want = want if isinstance(want, dict) else {"outputs": want}
+    want = {k: np.asarray(v) for k, v in want.items()}
+    report = {}
+    if saved_model is not None:
+        loaded = tf.saved_model.load(str(saved_model))
+        got = loaded.signatures["serving_default"](
+            **{k: tf.constant(v) for k, v in feed.items()}
+        )
+        report["saved_model"] = _largest_difference(want, got)
+    if tflite is not None:
+        from ai_edge_litert.interpreter import Interpreter
+
+        runner = Interpreter(model_path=str(tflite)).get_signature_runner()
+        got = runner(**feed)
+        report["tflite"] = _largest_difference(want, got)
+    return report
+
+
+def _largest_difference(want, got):
+    if len(want) == 1 and len(got) == 1:
+        pairs = [(next(iter(want.values())), next(iter(got.values())))]
+    else:
+        pairs = [(value, got[name]) for name, value in want.items()]
+    return max(
+        float(np.abs(np.asarray(a, "float64") - np.asarray(b, "float64")).max())
+        if np.size(a)
+        else 0.0
+        for a, b in pairs
+    )
