@@ -14,7 +14,9 @@ def main():
     )
     args = parser.parse_args()
 
+    from benchmarks import inference
     from benchmarks import masking
+    from benchmarks import quantization
     from keras_dynmask import _quiet
 
     _quiet.start_devices()
@@ -24,6 +26,10 @@ def main():
         f"Python {platform.python_version()}\n"
     )
     print("\n".join(masking.run(quick=args.quick)))
+    print()
+    print("\n".join(inference.run(quick=args.quick)))
+    print()
+    print("\n".join(quantization.run(batches=2 if args.quick else 8)))
 
 
 if __name__ == "__main__":

@@ -7,15 +7,17 @@ mode (`tf.function`) on the same batch; ours also with XLA (what
 `model.compile(jit_compile=True)` gives). tensorflow-text and keras-hub get
 the batch as a RaggedTensor (their natural input, converted once, outside
 the timing). The tf.data row times a full pipeline pass over 8 cached
-batches. Reported: median milliseconds per batch, tokens per second
-(B * T per batch), and the ratio to the faster anchor.
+batches. The contenders are timed in 5 interleaved rounds (so a change in
+the shared machine's load touches all alike). Reported: median milliseconds
+per batch, tokens per second (B * T per batch), and the ratio to the faster
+anchor.
 """
 
 import numpy as np
 import tensorflow as tf
 
 import keras_dynmask as kd
-from benchmarks.timing import median_seconds
+from benchmarks.timing import interleaved_medians
 from keras_dynmask.data import mask_tokens_dataset
 
 BATCH, LENGTH, VOCABULARY, K = 256, 128, 30000, 20
@@ -121,15 +123,22 @@ def run(quick=False):
     """Returns markdown lines: the table of this benchmark."""
     repeats, warmup = (5, 2) if quick else (30, 5)
     ids = _batch()
+    contenders = _contenders(ids)
+    medians = interleaved_medians(
+        {name: function for name, (function, _) in contenders.items()},
+        repeats,
+        warmup,
+    )
     rows = []
-    for name, (function, batches) in _contenders(ids).items():
-        seconds = median_seconds(function, repeats, warmup) / batches
+    for name, (_, batches) in contenders.items():
+        seconds = medians[name] / batches
         rows.append((name, seconds, BATCH * LENGTH / seconds))
     anchors = [r[2] for r in rows if not r[0].startswith("keras_dynmask")]
     best_anchor = max(anchors)
     lines = [
         f"### Masked-LM masking, B={BATCH}, T={LENGTH}, vocabulary "
-        f"{VOCABULARY}, K={K} (median of {repeats}, {warmup} warm-up)",
+        f"{VOCABULARY}, K={K} (median of {repeats} interleaved, {warmup} "
+        "warm-up)",
         "",
         "| contender | ms / batch | tokens / s | x faster anchor |",
         "|---|---:|---:|---:|",

@@ -1,4 +1,4 @@
-"""Median wall time of a callable, after warm-up."""
+"""Median wall times of callables, measured interleaved after warm-up."""
 
 import statistics
 import time
@@ -10,11 +10,26 @@ def median_seconds(function, repeats, warmup):
     `function` must block until its result exists (return numpy or call
     `.numpy()`), so asynchronous execution is not mistaken for speed.
     """
-    for _ in range(warmup):
-        function()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return interleaved_medians({"f": function}, repeats, warmup)["f"]
+
+
+def interleaved_medians(functions, repeats, warmup, rounds=5):
+    """Median seconds per call of each function, measured in `rounds`
+    rounds that visit every function in turn, so that a change in the
+    machine's load touches all of them alike (these machines are shared).
+
+    Returns:
+        `{name: seconds}`.
+    """
+    for function in functions.values():
+        for _ in range(warmup):
+            function()
+    times = {name: [] for name in functions}
+    per_round = max(1, repeats // rounds)
+    for _ in range(rounds):
+        for name, function in functions.items():
+            for _ in range(per_round):
+                start = time.perf_counter()
+                function()
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
