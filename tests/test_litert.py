@@ -79,7 +79,9 @@ def test_only_builtin_ops_and_dynamic_shapes(converted):
     assert "CUSTOM" not in ops
 
 
-@pytest.mark.parametrize(("batch", "length"), [(1, 5), (3, 11)])
+@pytest.mark.parametrize(
+    ("batch", "length"), [(1, 1), (1, 5), (3, 7), (3, 64), (1, 300)]
+)
 def test_litert_equals_keras(converted, batch, length):
     model, path = converted
     inputs = _inputs(batch, length, seed=length)

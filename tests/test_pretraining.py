@@ -1,5 +1,6 @@
 """The main job's parts: corpus, tokenizer, batching, pretrain, fill-mask."""
 
+import json
 import os
 import subprocess
 import sys
@@ -125,6 +126,34 @@ def test_pretrain_writes_the_model_resumes_and_fills_masks(tmp_path):
     for name in ("model.keras", "vocabulary.txt", "settings.json", "1"):
         assert (output / name).exists(), name
     assert any(line.startswith("Held-out masked-LM accuracy") for line in lines)
+    saved = [line for line in lines if "largest difference from Keras" in line]
+    gaps = [float(x.split()[-1]) for x in saved[0].split(":")[-1].split(",")]
+    assert max(gaps) < 1e-4, saved
+
+    # The raw-text signature, in a process without this package.
+    model, tokenizer = pretraining.load(output)
+    text = "the cat [MASK] a book."
+    want = model.predict(tokenizer.encode([text]), verbose=0)
+    script = (
+        "import json, sys, tensorflow as tf, tensorflow_text\n"
+        f"fn = tf.saved_model.load({str(output / '1')!r})"
+        ".signatures['serve_text']\n"
+        f"out = fn(text=tf.constant([{text!r}]))\n"
+        "assert not any(m.startswith('keras_dynmask') for m in sys.modules)\n"
+        "print(json.dumps({k: v.numpy().tolist() for k, v in out.items()}))\n"
+    )
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    run = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    got = json.loads(run.stdout.strip().splitlines()[-1])
+    np.testing.assert_allclose(got["logits"], want["logits"], atol=1e-4)
+    np.testing.assert_array_equal(got["mask_positions"], want["mask_positions"])
 
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     run = subprocess.run(
