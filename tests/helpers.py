@@ -1,4 +1,9 @@
-"""Small models and inputs shared by the layer tests."""
+"""Inputs and process helpers shared by the tests."""
+
+import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 
@@ -12,3 +17,38 @@ def padded_ids(lengths, total_length, pad_id=0, seed=0):
     for row, length in enumerate(lengths):
         ids[row, :length] = rng.integers(2, VOCABULARY, length)
     return ids
+
+
+def run_cli(*args, timeout=300):
+    """Runs `keras-dynmask ARGS` in a new process, as a user would."""
+    return _run([sys.executable, "-m", "keras_dynmask.cli", *args], timeout)
+
+
+def serve_in_fresh_process(saved_model, signature, feed, imports=""):
+    """Calls a SavedModel signature in a process that imports TensorFlow
+    (and `imports`) but never this package; returns its outputs as lists.
+
+    Args:
+        saved_model: the version folder.
+        signature: the signature's name.
+        feed: a Python expression of the keyword arguments, e.g.
+            `"token_ids=tf.constant([[2, 5, 3]])"`.
+    """
+    script = (
+        f"import json, sys, tensorflow as tf{imports}\n"
+        f"fn = tf.saved_model.load({str(saved_model)!r})"
+        f".signatures[{signature!r}]\n"
+        f"out = fn({feed})\n"
+        "assert not any(m.startswith('keras_dynmask') for m in sys.modules)\n"
+        "print(json.dumps({k: v.numpy().tolist() for k, v in out.items()}))\n"
+    )
+    run = _run([sys.executable, "-c", script], 300, log_level="3")
+    assert run.returncode == 0, run.stderr[-2000:]
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def _run(command, timeout, log_level="2"):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": log_level}
+    return subprocess.run(
+        command, capture_output=True, text=True, env=env, timeout=timeout
+    )

@@ -1,23 +1,9 @@
 """The keras-dynmask command line, run as a user runs it."""
 
-import os
-import subprocess
-import sys
-
 import numpy as np
 
 import keras_dynmask as kd
-
-
-def _run(*args):
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    return subprocess.run(
-        [sys.executable, "-m", "keras_dynmask.cli", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
+from tests.helpers import run_cli as _run
 
 
 def test_show_mask_prints_only_the_mask(tmp_path):

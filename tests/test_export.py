@@ -14,6 +14,7 @@ from keras_dynmask import export
 from keras_dynmask import models
 from tests.helpers import VOCABULARY
 from tests.helpers import padded_ids
+from tests.helpers import serve_in_fresh_process
 
 SIZES = {
     "num_layers": 2,
@@ -63,27 +64,12 @@ def test_parity_at_any_batch_and_length(exported, name, batch, length):
 def test_saved_model_serves_in_a_process_without_this_package(exported):
     model, saved, _ = exported["causal_lm"]
     ids = padded_ids([3, 5], 5)
-    script = (
-        "import json, sys, numpy as np, tensorflow as tf\n"
-        f"loaded = tf.saved_model.load({str(saved)!r})\n"
-        "fn = loaded.signatures['serving_default']\n"
-        f"ids = tf.constant({ids.tolist()}, tf.int32)\n"
-        "out = fn(token_ids=ids)\n"
-        "assert not any(m.startswith('keras_dynmask') for m in sys.modules)\n"
-        "print(json.dumps({k: v.numpy().tolist() for k, v in out.items()}))\n"
+    got = serve_in_fresh_process(
+        saved, "serving_default", f"token_ids=tf.constant({ids.tolist()})"
     )
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    run = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
-    assert run.returncode == 0, run.stderr[-2000:]
-    got = json.loads(run.stdout.strip().splitlines()[-1])
     np.testing.assert_allclose(got["outputs"], model(ids), atol=1e-5)
 
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
     shown = subprocess.run(
         [cli, "show", "--dir", str(saved), "--all"],

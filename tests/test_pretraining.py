@@ -1,10 +1,5 @@
 """The main job's parts: corpus, tokenizer, batching, pretrain, fill-mask."""
 
-import json
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
@@ -12,6 +7,8 @@ from keras_dynmask import corpus
 from keras_dynmask import data
 from keras_dynmask import pretraining
 from keras_dynmask.tokenizer import WordPieceTokenizer
+from tests.helpers import run_cli
+from tests.helpers import serve_in_fresh_process
 
 TINY = {
     "vocabulary_size": 200,
@@ -134,62 +131,28 @@ def test_pretrain_writes_the_model_resumes_and_fills_masks(tmp_path):
     model, tokenizer = pretraining.load(output)
     text = "the cat [MASK] a book."
     want = model.predict(tokenizer.encode([text]), verbose=0)
-    script = (
-        "import json, sys, tensorflow as tf, tensorflow_text\n"
-        f"fn = tf.saved_model.load({str(output / '1')!r})"
-        ".signatures['serve_text']\n"
-        f"out = fn(text=tf.constant([{text!r}]))\n"
-        "assert not any(m.startswith('keras_dynmask') for m in sys.modules)\n"
-        "print(json.dumps({k: v.numpy().tolist() for k, v in out.items()}))\n"
+    got = serve_in_fresh_process(
+        output / "1",
+        "serve_text",
+        f"text=tf.constant([{text!r}])",
+        imports=", tensorflow_text",
     )
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    run = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
-    assert run.returncode == 0, run.stderr[-2000:]
-    got = json.loads(run.stdout.strip().splitlines()[-1])
     np.testing.assert_allclose(got["logits"], want["logits"], atol=1e-4)
     np.testing.assert_array_equal(got["mask_positions"], want["mask_positions"])
 
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "keras_dynmask.cli",
-            "fill-mask",
-            "the cat [MASK] a book.",
-            "--model",
-            str(output),
-            "--top-k",
-            "3",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
+    run = run_cli(
+        "fill-mask",
+        "the cat [MASK] a book.",
+        "--model",
+        str(output),
+        "--top-k",
+        "3",
     )
     assert run.returncode == 0, run.stderr
     assert run.stdout.startswith("Fill-mask: the cat [MASK] a book.")
     assert "[MASK] at 3:" in run.stdout
-    missing = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "keras_dynmask.cli",
-            "fill-mask",
-            "a [MASK]",
-            "--model",
-            str(tmp_path / "nothing"),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
+    missing = run_cli(
+        "fill-mask", "a [MASK]", "--model", str(tmp_path / "nothing")
     )
     assert missing.returncode == 2
     assert "No trained model" in missing.stderr

@@ -1,26 +1,13 @@
 """`keras-dynmask export` and `predict`, run as a user runs them."""
 
 import json
-import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
 
 from keras_dynmask import models
 from tests.helpers import VOCABULARY
-
-
-def _cli(*args):
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    return subprocess.run(
-        [sys.executable, "-m", "keras_dynmask.cli", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+from tests.helpers import run_cli as _cli
 
 
 def test_export_then_predict_on_both_artifacts(tmp_path):
