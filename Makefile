@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: demo test lint format clean bench bench-quick
+.PHONY: demo test test-long lint format clean bench bench-quick
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -49,3 +49,7 @@ format: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# Property tests with 3,000 examples each instead of 500 (CI runs `test`).
+test-long: $(STAMP)
+	HYPOTHESIS_PROFILE=long $(PY) -m pytest -q

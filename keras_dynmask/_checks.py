@@ -6,8 +6,10 @@ with an opaque TensorFlow error deep in a graph.
 """
 
 import numbers
+import warnings
 
 import keras
+import numpy as np
 from keras import ops
 
 
@@ -75,3 +77,23 @@ def check_rate(name, value):
             f"{name} must be a float in [0, 1), received {name}={value!r}"
         )
     return float(value)
+
+
+def concrete(value):
+    """`value` as a numpy array when it holds data now (eager), else `None`
+    (a symbolic tensor being traced into a graph)."""
+    try:
+        return np.asarray(value)
+    except (TypeError, ValueError, NotImplementedError):
+        return None
+
+
+def warn_if_fixed_length(layer, shape):
+    """Warns when a model is built for one sequence length only."""
+    if len(shape) >= 2 and shape[1] is not None:
+        warnings.warn(
+            f"Layer {layer.name!r} is built on inputs of fixed length "
+            f"{shape[1]}: the model's masks will only ever see that length. "
+            "Use keras.Input((None,), ...) for dynamic lengths.",
+            stacklevel=3,
+        )

@@ -462,7 +462,9 @@ def find_mask_tokens(token_ids, valid, mask_token_id, max_selections):
 
 
 def _outputs(original, masked, selected, positions, weights):
-    mask_ids = ops.take_along_axis(original, positions, axis=1)
+    # One spare column keeps position 0 valid when T = 0.
+    spare = ops.pad(original, ((0, 0), (0, 1)))
+    mask_ids = ops.take_along_axis(spare, positions, axis=1)
     mask_ids = ops.where(ops.greater(weights, 0), mask_ids, 0)
     return {
         "token_ids": masked,

@@ -344,6 +344,9 @@ class MaskedLM(keras.Model):
             self.decoder.build((None, None, hidden_dim))
 
     def call(self, token_ids, training=None):
+        # As a functional model's int32 Input would, for TensorFlow's
+        # default float signature when the model is tracked for saving.
+        token_ids = ops.cast(token_ids, "int32")
         if training:
             masked = self.masking(token_ids, training=True)
         elif self._evaluating:

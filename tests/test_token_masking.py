@@ -378,7 +378,7 @@ def test_span_masking_budget_words_and_one_decision_per_span():
     selected = np.asarray(out["mask"])
     masked = np.asarray(out["token_ids"]) == MASK
     # Rebuild the spans the layer used from its keys.
-    keys = _random.row_keys(4, 0, ids.shape[0])
+    keys = _random.combine(_random.row_keys(4, 0, ids.shape[0]), 0)  # replica 0
     random_bits = _random.bits(keys, ids.shape[1])
     candidates = (ids != PAD) & ~np.isin(ids, SPECIAL)
     words = masked_lm.word_ids(starts, candidates)

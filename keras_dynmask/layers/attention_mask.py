@@ -66,6 +66,8 @@ def call_attention_mask(
     inputs = {
         name: value for name, value in inputs.items() if value is not None
     }
+    _check_lengths(inputs.get("segment_ids"), "segment_ids", query, "query")
+    _check_lengths(inputs.get("key_segment_ids"), "key_segment_ids", key, "key")
     pattern_mask = None
     if not isinstance(pattern, patterns.Bidirectional):
         pattern_mask = pattern.mask(
@@ -76,6 +78,18 @@ def call_attention_mask(
             **inputs,
         )
     return masks.merge_masks(pattern_mask, query_mask, key_mask)
+
+
+def _check_lengths(ids, name, tensor, role):
+    """Segment ids need one id per position; static lengths must agree."""
+    if ids is None or len(ids.shape) != 2:
+        return
+    if None not in (ids.shape[1], tensor.shape[1]):
+        if ids.shape[1] != tensor.shape[1]:
+            raise ValueError(
+                f"{name} must have one id per {role} position: {name} has "
+                f"shape {tuple(ids.shape)}, the {role} {tuple(tensor.shape)}"
+            )
 
 
 @_register

@@ -3,11 +3,14 @@
 import math
 
 import keras
+import numpy as np
 from keras import ops
 
 from keras_dynmask import masks
 from keras_dynmask._checks import check_int
 from keras_dynmask._checks import check_integer_tensor
+from keras_dynmask._checks import concrete
+from keras_dynmask._checks import warn_if_fixed_length
 from keras_dynmask._keras_mask import set_keras_mask
 
 _register = keras.saving.register_keras_serializable(package="keras_dynmask")
@@ -48,6 +51,10 @@ class TokenEmbedding(keras.layers.Layer):
 
     Masking: propagates `token_ids != pad_id`, ANDed with any mask the ids
     already carry (for example the masked ids of `TokenMasking`).
+
+    Ids outside `[0, vocabulary_size)` raise a `ValueError` when called
+    eagerly; inside a compiled graph (fit, predict, exports), where no
+    error can be raised, they are treated as padding: masked out.
 
     Args:
         vocabulary_size: int > 0.
@@ -124,6 +131,20 @@ class TokenEmbedding(keras.layers.Layer):
             weights = ops.cast(self.embeddings, self.compute_dtype)
             return ops.matmul(inputs, ops.transpose(weights))
         token_ids = check_integer_tensor("token_ids", inputs, ranks=(2,))
+        in_range = ops.logical_and(
+            ops.greater_equal(token_ids, 0),
+            ops.less(token_ids, self.vocabulary_size),
+        )
+        held = concrete(in_range)
+        if held is not None and not held.all():
+            bad = np.asarray(inputs)[~held]
+            raise ValueError(
+                f"token_ids must be in [0, vocabulary_size="
+                f"{self.vocabulary_size}), received ids {sorted(set(bad))[:5]}"
+            )
+        # In a graph no error can be raised: an id out of range is looked
+        # up as 0 and masked out, like padding.
+        token_ids = ops.where(in_range, token_ids, 0)
         outputs = ops.take(self.embeddings, token_ids, axis=0)
         # Scaled to unit size, as in the Transformer, so the positions do
         # not drown the tokens.
@@ -137,9 +158,11 @@ class TokenEmbedding(keras.layers.Layer):
                 offset,
                 self.compute_dtype,
             )
-        token_mask = ops.ones_like(token_ids, dtype="bool")
+        token_mask = in_range
         if self.pad_id is not None:
-            token_mask = masks.padding_mask(token_ids, self.pad_id)
+            token_mask = ops.logical_and(
+                token_mask, masks.padding_mask(inputs, self.pad_id)
+            )
         if mask is not None:
             token_mask = ops.logical_and(token_mask, ops.cast(mask, "bool"))
         set_keras_mask(outputs, token_mask)
@@ -150,6 +173,8 @@ class TokenEmbedding(keras.layers.Layer):
         return None
 
     def compute_output_spec(self, inputs, offset=0, reverse=False, mask=None):
+        if not reverse:
+            warn_if_fixed_length(self, inputs.shape)
         if reverse:
             shape = (*inputs.shape[:-1], self.vocabulary_size)
             return keras.KerasTensor(shape, self.compute_dtype)

@@ -7,6 +7,8 @@ from keras import ops
 from keras_dynmask import _random
 from keras_dynmask import masked_lm
 from keras_dynmask._checks import check_int
+from keras_dynmask._checks import check_integer_tensor
+from keras_dynmask._distribution import replica_id
 from keras_dynmask._keras_mask import set_keras_mask
 
 _register = keras.saving.register_keras_serializable(package="keras_dynmask")
@@ -36,11 +38,12 @@ class TokenMasking(keras.layers.Layer):
     example's mask is a fixed function of its content and one of
     `dupe_factor` copies, the copy picked at random each time it is seen.
 
-    Masks are a function of (seed, step, row): the layer counts its training
-    calls in the `step` variable, so a rerun with the same seed reproduces
-    every mask and every step differs. `selection_rate` lives in the
-    variable `selection_rate_variable`, which a callback may change during
-    `model.fit` without retracing.
+    Masks are a function of (seed, step, row, replica): the layer counts its
+    training calls in the `step` variable, so a rerun with the same seed
+    reproduces every mask and every step differs; under `tf.distribute`
+    each replica folds in its index, so replicas draw different masks.
+    `selection_rate` lives in the variable `selection_rate_variable`, which
+    a callback may change during `model.fit` without retracing.
 
     With `training=False` (inference, export) the layer draws nothing: the
     ids pass unchanged, and the positions that already hold `mask_token_id`
@@ -210,6 +213,9 @@ class TokenMasking(keras.layers.Layer):
             dtype="int64",
             initializer="zeros",
             trainable=False,
+            # Every replica counts the same steps; the first one's count is
+            # the count (and replicas may assign it in their own context).
+            aggregation="only_first_replica",
             name="step",
         )
 
@@ -223,6 +229,7 @@ class TokenMasking(keras.layers.Layer):
     ):
         # Keras fills `mask` for a lone tensor, `token_ids_mask` otherwise.
         incoming = token_ids_mask if token_ids_mask is not None else mask
+        token_ids = check_integer_tensor("token_ids", token_ids, ranks=(2,))
         valid = ops.ones_like(token_ids, dtype="bool")
         if self.pad_id is not None:
             valid = ops.not_equal(token_ids, self.pad_id)
@@ -264,6 +271,7 @@ class TokenMasking(keras.layers.Layer):
     def _row_keys(self, token_ids, valid):
         batch = ops.shape(token_ids)[0]
         keys = _random.row_keys(self.seed, self.step, batch)
+        keys = _random.combine(keys, replica_id())
         if self.static:
             keys = masked_lm.static_keys(
                 keys, self.seed, token_ids, valid, self.dupe_factor

@@ -6,6 +6,7 @@ from keras import ops
 from keras_dynmask import masks
 from keras_dynmask._checks import check_int
 from keras_dynmask._checks import check_integer_tensor
+from keras_dynmask._checks import warn_if_fixed_length
 from keras_dynmask._keras_mask import set_keras_mask
 
 _register = keras.saving.register_keras_serializable(package="keras_dynmask")
@@ -31,8 +32,9 @@ class _TokenMaskLayer(keras.layers.Layer):
         # Attached in `call`; see `_keras_mask` for why none is recorded.
         return None
 
-    def compute_output_shape(self, input_shape):
-        return input_shape
+    def compute_output_spec(self, inputs, *args, **kwargs):
+        warn_if_fixed_length(self, inputs.shape)
+        return keras.KerasTensor(inputs.shape, inputs.dtype)
 
 
 @_register

@@ -1,0 +1,78 @@
+"""Run by test_reliability.py in its own process: MirroredStrategy over two
+logical CPU devices needs the devices split before TensorFlow starts."""
+
+import json
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import tensorflow as tf  # noqa: E402
+
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(
+    cpu, [tf.config.LogicalDeviceConfiguration()] * 2
+)
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+import keras_dynmask as kd  # noqa: E402
+from keras_dynmask import models  # noqa: E402
+
+
+def main(seed):
+    keras.utils.set_random_seed(seed)
+    strategy = tf.distribute.MirroredStrategy(
+        [d.name for d in tf.config.list_logical_devices("CPU")]
+    )
+    rng = np.random.default_rng(0)
+    # Every row repeats one token, so masked tokens are predictable.
+    ids = np.repeat(rng.integers(4, 50, (256, 1)), 16, axis=1).astype("int32")
+    with strategy.scope():
+        encoder = models.build_encoder(
+            50,
+            num_layers=1,
+            num_heads=2,
+            hidden_dim=16,
+            intermediate_dim=32,
+            dropout=0.0,
+        )
+        masking = kd.TokenMasking(
+            50,
+            mask_token_id=1,
+            unselectable_ids=[1],
+            max_selections=4,
+            selection_rate=0.25,
+            seed=seed,
+        )
+        model = models.MaskedLM(encoder, masking)
+        model.compile(optimizer=keras.optimizers.Adam(5e-3))
+    # The same 8 rows on each replica: their masks must differ.
+    same = np.repeat(ids[:1], 16, axis=0)
+    dataset = strategy.experimental_distribute_dataset(
+        tf.data.Dataset.from_tensor_slices(same).batch(16)
+    )
+    batch = next(iter(dataset))
+    drawn = strategy.run(
+        lambda x: masking(x, training=True)["mask"], args=(batch,)
+    )
+    per_replica = [
+        np.asarray(t).astype(int).tolist()
+        for t in strategy.experimental_local_results(drawn)
+    ]
+    history = model.fit(ids, epochs=6, batch_size=32, verbose=0)
+    print(
+        json.dumps(
+            {
+                "replicas": strategy.num_replicas_in_sync,
+                "masks": per_replica,
+                "loss": history.history["loss"],
+                "step": int(masking.step.numpy()),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]))
