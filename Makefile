@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: demo test test-long lint format clean bench bench-quick
+.PHONY: demo test test-long lint format clean bench bench-quick pictures
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -53,3 +53,7 @@ clean:
 # Property tests with 3,000 examples each instead of 500 (CI runs `test`).
 test-long: $(STAMP)
 	HYPOTHESIS_PROFILE=long $(PY) -m pytest -q
+
+# The README's gallery: one picture per mask kind, in docs/gallery/.
+pictures: $(STAMP)
+	$(PY) examples/gallery.py --output docs/gallery

@@ -1,5 +1,7 @@
 """The keras-dynmask command line, run as a user runs it."""
 
+import io
+
 import numpy as np
 
 import keras_dynmask as kd
@@ -56,3 +58,31 @@ def test_show_mask_reports_bad_input():
     assert "--segments needs one id per key position (3), received 2" in (
         result.stderr
     )
+
+
+def test_show_mask_png_pixels_agree_with_the_text(tmp_path):
+    from matplotlib import colors
+    from matplotlib import image
+
+    from keras_dynmask import viz
+
+    text = "causal & window(2) | span(1, 5)"
+    png = tmp_path / "mask.png"
+    result = _run("show-mask", text, "--length", "7", "--png", str(png))
+    assert result.returncode == 0, result.stderr
+    rows = [[c == "1" for c in line] for line in result.stdout.splitlines()]
+    pixels = image.imread(png)[..., :3]
+    # The same figure drawn here locates each cell's centre in pixels.
+    figure = viz.plot_attention_mask(np.array(rows), title=text)
+    figure.set_dpi(120)
+    figure.savefig(io.BytesIO(), dpi=120)  # lays the figure out as saved
+    ax = figure.axes[0]
+    height = pixels.shape[0]
+    visible = np.array(colors.to_rgb(viz.VISIBLE))
+    hidden = np.array(colors.to_rgb(viz.HIDDEN))
+    for i, row in enumerate(rows):
+        for j, cell in enumerate(row):
+            x, y = ax.transData.transform((j, i))
+            colour = pixels[int(round(height - y)), int(round(x))]
+            want = visible if cell else hidden
+            assert np.abs(colour - want).max() < 0.02, (i, j, colour)
