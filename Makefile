@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: demo test test-long lint format clean bench bench-quick pictures
+.PHONY: demo test test-long lint format clean bench bench-quick pictures examples
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -57,3 +57,8 @@ test-long: $(STAMP)
 # The README's gallery: one picture per mask kind, in docs/gallery/.
 pictures: $(STAMP)
 	$(PY) examples/gallery.py --output docs/gallery
+
+# The runnable examples, with their defaults (each under ten minutes on 2
+# cores).
+examples: $(STAMP)
+	$(PY) examples/translation.py
