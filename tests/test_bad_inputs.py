@@ -121,3 +121,18 @@ def test_float_ids_given_to_a_functional_model_are_cast_by_keras(encoder):
     np.testing.assert_allclose(
         encoder(ids.astype("float32")), encoder(ids), atol=1e-6
     )
+
+
+def test_a_learned_position_table_states_its_maximum():
+    layer = kd.TokenEmbedding(VOCAB, 8, positions="learned", max_length=6)
+    assert tuple(layer(padded_ids([4], 6)).shape) == (1, 6, 8)
+    with pytest.raises(ValueError, match="max_length=6 rows"):
+        layer(padded_ids([4], 7))
+    with pytest.raises(ValueError, match="reaching position 8"):
+        layer(padded_ids([2], 2), offset=6)
+    with pytest.raises(ValueError, match="max_length is for positions"):
+        kd.TokenEmbedding(VOCAB, 8, max_length=6)
+    with pytest.raises(ValueError, match="max_length=None"):
+        kd.TokenEmbedding(VOCAB, 8, positions="learned")
+    config = layer.get_config()
+    assert kd.TokenEmbedding.from_config(config).get_config() == config

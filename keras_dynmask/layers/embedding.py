@@ -60,7 +60,14 @@ class TokenEmbedding(keras.layers.Layer):
         vocabulary_size: int > 0.
         output_dim: int > 0, even with sinusoidal positions.
         pad_id: int or `None`. Defaults to `0`.
-        positions: `"sinusoidal"` or `None`. Defaults to `"sinusoidal"`.
+        positions: `"sinusoidal"` (any length, no table), `"learned"` (a
+            table of `max_length` rows) or `None`. Defaults to
+            `"sinusoidal"`.
+        max_length: int. Rows of the learned table; a longer sequence
+            raises a `ValueError` (when its length is known, eagerly or
+            when traced; inside a graph of unknown length the positions
+            past the table reuse its last row). Only with
+            `positions="learned"`.
         embeddings_initializer: initializer. Defaults to a normal with
             standard deviation `output_dim ** -0.5` (the lookups are scaled
             by `sqrt(output_dim)`, as in the Transformer).
@@ -94,6 +101,7 @@ class TokenEmbedding(keras.layers.Layer):
         output_dim,
         pad_id=0,
         positions="sinusoidal",
+        max_length=None,
         embeddings_initializer=None,
         **kwargs,
     ):
@@ -103,11 +111,20 @@ class TokenEmbedding(keras.layers.Layer):
         )
         self.output_dim = check_int("output_dim", output_dim, minimum=1)
         self.pad_id = None if pad_id is None else check_int("pad_id", pad_id)
-        if positions not in ("sinusoidal", None):
+        if positions not in ("sinusoidal", "learned", None):
             raise ValueError(
-                "positions must be 'sinusoidal' or None, received "
+                "positions must be 'sinusoidal', 'learned' or None, received "
                 f"positions={positions!r}"
             )
+        if positions == "learned":
+            max_length = check_int("max_length", max_length, minimum=1)
+        elif max_length is not None:
+            raise ValueError(
+                "max_length is for positions='learned' (a table of that "
+                f"many rows), received max_length={max_length!r} with "
+                f"positions={positions!r}"
+            )
+        self.max_length = max_length
         if positions == "sinusoidal" and self.output_dim % 2:
             raise ValueError(
                 "output_dim must be even with sinusoidal positions, received "
@@ -125,6 +142,12 @@ class TokenEmbedding(keras.layers.Layer):
             initializer=self.embeddings_initializer,
             name="embeddings",
         )
+        if self.positions == "learned":
+            self.position_embeddings = self.add_weight(
+                shape=(self.max_length, self.output_dim),
+                initializer=keras.initializers.RandomNormal(stddev=0.02),
+                name="position_embeddings",
+            )
 
     def call(self, inputs, offset=0, reverse=False, mask=None):
         if reverse:
@@ -158,6 +181,8 @@ class TokenEmbedding(keras.layers.Layer):
                 offset,
                 self.compute_dtype,
             )
+        elif self.positions == "learned":
+            outputs = outputs + self._learned_positions(token_ids, offset)
         token_mask = in_range
         if self.pad_id is not None:
             token_mask = ops.logical_and(
@@ -167,6 +192,28 @@ class TokenEmbedding(keras.layers.Layer):
             token_mask = ops.logical_and(token_mask, ops.cast(mask, "bool"))
         set_keras_mask(outputs, token_mask)
         return outputs
+
+    def _learned_positions(self, token_ids, offset):
+        length = token_ids.shape[1]
+        offset_value = concrete(offset)
+        last = None
+        if length is not None and offset_value is not None:
+            last = int(np.max(offset_value, initial=0)) + length
+        if last is not None and last > self.max_length:
+            raise ValueError(
+                f"This layer's learned position table has max_length="
+                f"{self.max_length} rows; received a sequence reaching "
+                f"position {last} (length {length}, offset {offset})"
+            )
+        offset = check_integer_tensor("offset", offset, ranks=(0, 1))
+        positions = ops.expand_dims(
+            ops.arange(ops.shape(token_ids)[1], dtype="int32"), 0
+        ) + ops.reshape(offset, (-1, 1))
+        # A length known only when running cannot raise inside a graph:
+        # positions past the table reuse its last row.
+        positions = ops.minimum(positions, self.max_length - 1)
+        table = ops.cast(self.position_embeddings, self.compute_dtype)
+        return ops.take(table, positions, axis=0)
 
     def compute_mask(self, *args, **kwargs):
         # Attached in `call`; see `_keras_mask` for why none is recorded.
@@ -188,6 +235,7 @@ class TokenEmbedding(keras.layers.Layer):
             "output_dim": self.output_dim,
             "pad_id": self.pad_id,
             "positions": self.positions,
+            "max_length": self.max_length,
             "embeddings_initializer": keras.initializers.serialize(
                 self.embeddings_initializer
             ),
