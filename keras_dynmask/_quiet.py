@@ -14,7 +14,9 @@ import tempfile
 
 
 @contextlib.contextmanager
-def _held_back_stderr():
+def held_back_stderr():
+    """Holds back what C++ code writes to descriptor 2 inside the block;
+    shows it if the block fails."""
     wanted = os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         sys.stderr.flush()
@@ -43,7 +45,7 @@ def import_tensorflow():
     configure devices (`tf.config`) after importing this package."""
     if "tensorflow" in sys.modules:
         return
-    with _held_back_stderr():
+    with held_back_stderr():
         import tensorflow  # noqa: F401
 
 
@@ -52,7 +54,7 @@ def start_devices():
 
     For the command line only, which owns its process.
     """
-    with _held_back_stderr():
+    with held_back_stderr():
         import tensorflow as tf
 
         tf.zeros(()) + 0

@@ -285,7 +285,11 @@ def parity(model, inputs, saved_model=None, tflite=None):
     if tflite is not None:
         from ai_edge_litert.interpreter import Interpreter
 
-        runner = Interpreter(model_path=str(tflite)).get_signature_runner()
+        from keras_dynmask._quiet import held_back_stderr
+
+        with held_back_stderr():  # the interpreter announces its delegate
+            interpreter = Interpreter(model_path=str(tflite))
+        runner = interpreter.get_signature_runner()
         got = runner(**feed)
         report["tflite"] = _largest_difference(want, got)
     return report
