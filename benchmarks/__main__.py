@@ -15,6 +15,7 @@ def main():
     args = parser.parse_args()
 
     from benchmarks import inference
+    from benchmarks import mask_construction
     from benchmarks import masking
     from benchmarks import quantization
     from keras_dynmask import _quiet
@@ -26,6 +27,8 @@ def main():
         f"Python {platform.python_version()}\n"
     )
     print("\n".join(masking.run(quick=args.quick)))
+    print()
+    print("\n".join(mask_construction.run(quick=args.quick)))
     print()
     print("\n".join(inference.run(quick=args.quick)))
     print()
