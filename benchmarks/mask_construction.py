@@ -54,6 +54,45 @@ def _hub(padding, segments):
     return merge_padding_and_attention_mask(None, padding, queries)
 
 
+def _row(length, pattern, attention, repeats, warmup):
+    """One table row: both builders (checked equal), and the forward."""
+    padding, segments = _inputs(length)
+    padding, segments = tf.constant(padding), tf.constant(segments)
+    ours = tf.function(
+        lambda p, s: kd.merge_masks(
+            pattern.mask(tf.shape(p)[1], segment_ids=s), p, p
+        )
+    )
+    hub = tf.function(_hub)
+    np.testing.assert_array_equal(
+        np.broadcast_to(
+            ours(padding, segments).numpy(), (BATCH, length, length)
+        ),
+        hub(padding, segments).numpy().astype(bool),
+    )
+    functions = {
+        "ours": lambda: ours(padding, segments).numpy(),
+        "hub": lambda: hub(padding, segments).numpy(),
+    }
+    if length <= 512:
+        x = tf.random.normal((BATCH, length, 256))
+        forward = tf.function(
+            lambda x, p, s: attention(
+                x, x, query_mask=p, value_mask=p, segment_ids=s
+            )
+        )
+        functions["forward"] = lambda: forward(x, padding, segments).numpy()
+    medians = interleaved_medians(functions, repeats, warmup)
+    share = "-"
+    if "forward" in medians:
+        share = f"{medians['ours'] / medians['forward']:.2f}"
+    return (
+        f"| {length} | {medians['ours'] * 1e3:.2f} | "
+        f"{medians['hub'] * 1e3:.2f} | "
+        f"{medians['hub'] / medians['ours']:.2f} | {share} |"
+    )
+
+
 def run(quick=False):
     try:
         import keras_hub  # noqa: F401
@@ -71,43 +110,5 @@ def run(quick=False):
         "|---:|---:|---:|---:|---:|",
     ]
     for length in (128, 512) if quick else (128, 512, 2048):
-        padding, segments = _inputs(length)
-        padding_t, segments_t = tf.constant(padding), tf.constant(segments)
-        ours = tf.function(
-            lambda p, s: kd.merge_masks(
-                pattern.mask(tf.shape(p)[1], segment_ids=s), p, p
-            )
-        )
-        hub = tf.function(_hub)
-        np.testing.assert_array_equal(
-            np.broadcast_to(
-                ours(padding_t, segments_t).numpy(), (BATCH, length, length)
-            ),
-            hub(padding_t, segments_t).numpy().astype(bool),
-        )
-        functions = {
-            "ours": lambda: ours(padding_t, segments_t).numpy(),
-            "hub": lambda: hub(padding_t, segments_t).numpy(),
-        }
-        if length <= 512:
-            x = tf.random.normal((BATCH, length, 256))
-            forward = tf.function(
-                lambda x, p, s: attention(
-                    x, x, query_mask=p, value_mask=p, segment_ids=s
-                )
-            )
-            functions["forward"] = lambda: forward(
-                x, padding_t, segments_t
-            ).numpy()
-        medians = interleaved_medians(functions, repeats, warmup)
-        share = (
-            f"{medians['ours'] / medians['forward']:.2f}"
-            if "forward" in medians
-            else "-"
-        )
-        lines.append(
-            f"| {length} | {medians['ours'] * 1e3:.2f} | "
-            f"{medians['hub'] * 1e3:.2f} | "
-            f"{medians['hub'] / medians['ours']:.2f} | {share} |"
-        )
+        lines.append(_row(length, pattern, attention, repeats, warmup))
     return lines
