@@ -18,6 +18,7 @@ def main():
     from benchmarks import mask_construction
     from benchmarks import masking
     from benchmarks import quantization
+    from benchmarks import train_step
     from keras_dynmask import _quiet
 
     _quiet.start_devices()
@@ -29,6 +30,8 @@ def main():
     print("\n".join(masking.run(quick=args.quick)))
     print()
     print("\n".join(mask_construction.run(quick=args.quick)))
+    print()
+    print("\n".join(train_step.run(quick=args.quick)))
     print()
     print("\n".join(inference.run(quick=args.quick)))
     print()

@@ -170,3 +170,20 @@ def test_bad_arguments():
         kd.MultiHeadAttention(2, 4, dropout=1.5)
     with pytest.raises(ValueError, match="key_dim='4'"):
         kd.MultiHeadAttention(2, "4")
+
+
+def test_a_block_with_an_explicit_mask_equals_its_pattern():
+    keras.utils.set_random_seed(0)
+    x = np.random.default_rng(7).normal(size=(2, 5, 8)).astype("float32")
+    by_pattern = kd.TransformerBlock(2, 16, pattern="causal")
+    explicit = kd.TransformerBlock(2, 16)
+    explicit(x)
+    by_pattern(x)
+    explicit.set_weights(by_pattern.get_weights())
+    mask = np.broadcast_to(np.asarray(kd.causal_mask(5)), (2, 5, 5))
+    np.testing.assert_allclose(
+        explicit(x, attention_mask=mask), by_pattern(x), atol=1e-6
+    )
+    assert (
+        np.abs(np.asarray(explicit(x)) - np.asarray(by_pattern(x))).max() > 1e-4
+    )

@@ -53,6 +53,8 @@ class TransformerBlock(keras.layers.Layer):
             required when `cross_attention=True`.
         segment_ids, prefix_length, span_length, span_position:
             per-example inputs the pattern reads.
+        attention_mask: optional bool `(B, T, T)`, ANDed with the
+            self-attention's mask (for masks computed elsewhere).
         training: bool. Enables dropout.
 
     Returns:
@@ -171,6 +173,7 @@ class TransformerBlock(keras.layers.Layer):
         prefix_length=None,
         span_length=None,
         span_position=None,
+        attention_mask=None,
         mask=None,
         inputs_mask=None,
         context_mask=None,
@@ -195,6 +198,7 @@ class TransformerBlock(keras.layers.Layer):
                 prefix_length=prefix_length,
                 span_length=span_length,
                 span_position=span_position,
+                attention_mask=attention_mask,
                 training=training,
             )
 
