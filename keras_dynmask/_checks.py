@@ -69,12 +69,16 @@ def check_integer_tensor(name, value, ranks):
     return ops.cast(value, "int32")
 
 
-def check_rate(name, value):
-    """Returns `value` as a float in `[0, 1)`, or raises a `ValueError`."""
+def check_fraction(name, value, with_zero=True, with_one=False):
+    """Returns `value` as a float between 0 and 1 (each end included when
+    asked; `[0, 1)` by default), or raises a `ValueError`."""
     is_number = isinstance(value, numbers.Real) and not isinstance(value, bool)
-    if not is_number or not 0.0 <= value < 1.0:
+    above = is_number and (value >= 0.0 if with_zero else value > 0.0)
+    below = is_number and (value <= 1.0 if with_one else value < 1.0)
+    if not (above and below):
+        interval = f"{'[' if with_zero else '('}0, 1{']' if with_one else ')'}"
         raise ValueError(
-            f"{name} must be a float in [0, 1), received {name}={value!r}"
+            f"{name} must be a float in {interval}, received {name}={value!r}"
         )
     return float(value)
 

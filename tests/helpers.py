@@ -8,6 +8,14 @@ import sys
 import numpy as np
 
 VOCABULARY = 50
+# A small Transformer for model tests: fast, and big enough to learn.
+SIZES = {
+    "num_layers": 2,
+    "num_heads": 2,
+    "hidden_dim": 16,
+    "intermediate_dim": 32,
+    "dropout": 0.0,
+}
 
 
 def padded_ids(lengths, total_length, pad_id=0, seed=0):

@@ -12,17 +12,10 @@ import tensorflow as tf
 
 from keras_dynmask import export
 from keras_dynmask import models
+from tests.helpers import SIZES
 from tests.helpers import VOCABULARY
 from tests.helpers import padded_ids
 from tests.helpers import serve_in_fresh_process
-
-SIZES = {
-    "num_layers": 2,
-    "num_heads": 2,
-    "hidden_dim": 16,
-    "intermediate_dim": 32,
-    "dropout": 0.0,
-}
 
 
 def _models():

@@ -6,16 +6,9 @@ import pytest
 
 import keras_dynmask as kd
 from keras_dynmask import models
+from tests.helpers import SIZES
 from tests.helpers import VOCABULARY
 from tests.helpers import padded_ids
-
-SIZES = {
-    "num_layers": 2,
-    "num_heads": 2,
-    "hidden_dim": 16,
-    "intermediate_dim": 32,
-    "dropout": 0.0,
-}
 
 
 def _pad_to(ids, width):

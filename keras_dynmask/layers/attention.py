@@ -5,8 +5,8 @@ import math
 import keras
 from keras import ops
 
+from keras_dynmask._checks import check_fraction
 from keras_dynmask._checks import check_int
-from keras_dynmask._checks import check_rate
 from keras_dynmask._keras_mask import set_keras_mask
 from keras_dynmask._keras_mask import without_mask
 from keras_dynmask.layers.attention_mask import call_attention_mask
@@ -106,7 +106,7 @@ class MultiHeadAttention(keras.layers.Layer):
         self.value_dim = check_int(
             "value_dim", key_dim if value_dim is None else value_dim, minimum=1
         )
-        self.dropout = check_rate("dropout", dropout)
+        self.dropout = check_fraction("dropout", dropout)
         self.use_bias = bool(use_bias)
         self.pattern = as_pattern(pattern)
         self.pattern_variables, self._by_leaf = pattern_variables(

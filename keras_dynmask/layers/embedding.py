@@ -6,7 +6,6 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_dynmask import masks
 from keras_dynmask._checks import check_int
 from keras_dynmask._checks import check_integer_tensor
 from keras_dynmask._checks import concrete
@@ -167,6 +166,7 @@ class TokenEmbedding(keras.layers.Layer):
             )
         # In a graph no error can be raised: an id out of range is looked
         # up as 0 and masked out, like padding.
+        given = token_ids
         token_ids = ops.where(in_range, token_ids, 0)
         outputs = ops.take(self.embeddings, token_ids, axis=0)
         # Scaled to unit size, as in the Transformer, so the positions do
@@ -186,7 +186,7 @@ class TokenEmbedding(keras.layers.Layer):
         token_mask = in_range
         if self.pad_id is not None:
             token_mask = ops.logical_and(
-                token_mask, masks.padding_mask(inputs, self.pad_id)
+                token_mask, ops.not_equal(given, self.pad_id)
             )
         if mask is not None:
             token_mask = ops.logical_and(token_mask, ops.cast(mask, "bool"))

@@ -6,21 +6,13 @@ from keras import ops
 
 from keras_dynmask import _random
 from keras_dynmask import masked_lm
+from keras_dynmask._checks import check_fraction
 from keras_dynmask._checks import check_int
 from keras_dynmask._checks import check_integer_tensor
 from keras_dynmask._distribution import replica_id
 from keras_dynmask._keras_mask import set_keras_mask
 
 _register = keras.saving.register_keras_serializable(package="keras_dynmask")
-
-
-def _check_fraction(name, value):
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not ok or not 0.0 <= value <= 1.0:
-        raise ValueError(
-            f"{name} must be a float in [0, 1], received {name}={value!r}"
-        )
-    return float(value)
 
 
 @_register
@@ -138,12 +130,14 @@ class TokenMasking(keras.layers.Layer):
                 f"{self.vocabulary_size}), received "
                 f"mask_token_id={mask_token_id!r}"
             )
-        self.selection_rate = _check_fraction("selection_rate", selection_rate)
-        self.mask_token_rate = _check_fraction(
-            "mask_token_rate", mask_token_rate
+        self.selection_rate = check_fraction(
+            "selection_rate", selection_rate, with_one=True
         )
-        self.random_token_rate = _check_fraction(
-            "random_token_rate", random_token_rate
+        self.mask_token_rate = check_fraction(
+            "mask_token_rate", mask_token_rate, with_one=True
+        )
+        self.random_token_rate = check_fraction(
+            "random_token_rate", random_token_rate, with_one=True
         )
         if self.mask_token_rate + self.random_token_rate > 1.0 + 1e-9:
             raise ValueError(
@@ -177,12 +171,7 @@ class TokenMasking(keras.layers.Layer):
         self.static = bool(static)
         self.dupe_factor = check_int("dupe_factor", dupe_factor, minimum=1)
         self.span_masking = bool(span_masking)
-        ok = isinstance(span_p, float) and 0.0 < span_p < 1.0
-        if not ok:
-            raise ValueError(
-                f"span_p must be a float in (0, 1), received span_p={span_p!r}"
-            )
-        self.span_p = span_p
+        self.span_p = check_fraction("span_p", span_p, with_zero=False)
         self.max_span_length = check_int(
             "max_span_length", max_span_length, minimum=1
         )

@@ -3,8 +3,8 @@
 import keras
 from keras import ops
 
+from keras_dynmask._checks import check_fraction
 from keras_dynmask._checks import check_int
-from keras_dynmask._checks import check_rate
 from keras_dynmask._keras_mask import set_keras_mask
 from keras_dynmask.layers.attention import MultiHeadAttention
 from keras_dynmask.parsing import as_pattern
@@ -95,7 +95,7 @@ class TransformerBlock(keras.layers.Layer):
         if key_dim is not None:
             key_dim = check_int("key_dim", key_dim, minimum=1)
         self.key_dim = key_dim
-        self.dropout = check_rate("dropout", dropout)
+        self.dropout = check_fraction("dropout", dropout)
         self.activation = keras.activations.get(activation)
         self.layer_norm_epsilon = float(layer_norm_epsilon)
         self.normalize_first = bool(normalize_first)
