@@ -59,6 +59,8 @@ pictures: $(STAMP)
 	$(PY) examples/gallery.py --output docs/gallery
 
 # The runnable examples, with their defaults (each under ten minutes on 2
-# cores).
+# cores). The speech example installs espeak-ng with apt-get when it can.
 examples: $(STAMP)
 	$(PY) examples/translation.py
+	$(PY) examples/text_generation.py
+	$(PY) examples/speech_commands.py

@@ -18,6 +18,7 @@ def main():
     from benchmarks import mask_construction
     from benchmarks import masking
     from benchmarks import quantization
+    from benchmarks import scaling
     from benchmarks import train_step
     from keras_dynmask import _quiet
 
@@ -36,6 +37,8 @@ def main():
     print("\n".join(inference.run(quick=args.quick)))
     print()
     print("\n".join(quantization.run(batches=2 if args.quick else 8)))
+    print()
+    print("\n".join(scaling.run(quick=args.quick)))
 
 
 if __name__ == "__main__":

@@ -9,9 +9,10 @@ with the window and segment rules written out in `keras.ops` as a user
 would (int32, combined with `minimum`, keras-hub's convention). Both are
 checked to give the same mask. Every function runs in graph mode; median
 of interleaved rounds. For T <= 512 the table also gives the mask's time as
-a fraction of one `keras_dynmask.MultiHeadAttention` forward pass (4 heads,
-hidden 256) that builds and applies it; at T = 2048 that pass needs more
-memory than a shared 2-core machine should spend on a benchmark.
+a fraction of one dense `keras_dynmask.MultiHeadAttention` forward pass (4
+heads, hidden 256, `block_size=None`) that builds and applies it; at
+T = 2048 that pass needs more memory than a shared 2-core machine should
+spend on a benchmark.
 """
 
 import numpy as np
@@ -100,7 +101,8 @@ def run(quick=False):
         return ["(keras-hub is not installed: pip install -e '.[bench]')"]
     repeats, warmup = (10, 2) if quick else (30, 5)
     pattern = kd.parse_pattern(PATTERN)
-    attention = kd.MultiHeadAttention(4, 64, pattern=PATTERN)
+    # The dense path: the full (B, T, T) mask is built and applied.
+    attention = kd.MultiHeadAttention(4, 64, pattern=PATTERN, block_size=None)
     lines = [
         f"### Mask construction: padding & {PATTERN}, B={BATCH} (median of "
         f"{repeats} interleaved, {warmup} warm-up)",

@@ -19,6 +19,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
+# Imported before Keras: it holds back TensorFlow's start-up log lines.
+import keras_dynmask  # noqa: E402
+
 ONES = (
     "zero one two three four five six seven eight nine ten eleven twelve "
     "thirteen fourteen fifteen sixteen seventeen eighteen nineteen"
@@ -135,6 +138,7 @@ def main():
 
     from keras_dynmask import models
 
+    keras_dynmask.start_devices()
     start = time.time()
     keras.utils.set_random_seed(args.seed)
     train = pairs(args.train_size, seed=args.seed)

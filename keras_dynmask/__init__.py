@@ -9,14 +9,18 @@ from keras_dynmask import _quiet
 
 _quiet.import_tensorflow()
 
+from keras_dynmask import generation  # noqa: E402
 from keras_dynmask import models  # noqa: E402
 from keras_dynmask import schedules  # noqa: E402
 from keras_dynmask._keras_mask import get_keras_mask  # noqa: E402
+from keras_dynmask._quiet import start_devices  # noqa: E402
 from keras_dynmask.layers import AttentionMask  # noqa: E402
 from keras_dynmask.layers import LengthMask  # noqa: E402
 from keras_dynmask.layers import MultiHeadAttention  # noqa: E402
 from keras_dynmask.layers import PaddingMask  # noqa: E402
+from keras_dynmask.layers import SinusoidalPositions  # noqa: E402
 from keras_dynmask.layers import SpanMask  # noqa: E402
+from keras_dynmask.layers import TimeFrequencyMasking  # noqa: E402
 from keras_dynmask.layers import TokenEmbedding  # noqa: E402
 from keras_dynmask.layers import TokenMasking  # noqa: E402
 from keras_dynmask.layers import TransformerBlock  # noqa: E402
@@ -60,8 +64,10 @@ __all__ = [
     "Pattern",
     "Prefix",
     "Segment",
+    "SinusoidalPositions",
     "Span",
     "SpanMask",
+    "TimeFrequencyMasking",
     "TokenEmbedding",
     "TokenMasking",
     "TransformerBlock",
@@ -69,6 +75,7 @@ __all__ = [
     "backward_mask",
     "bidirectional_mask",
     "causal_mask",
+    "generation",
     "get_keras_mask",
     "length_mask",
     "merge_masks",
@@ -80,5 +87,6 @@ __all__ = [
     "segment_mask",
     "span_mask",
     "span_token_mask",
+    "start_devices",
     "window_mask",
 ]

@@ -52,7 +52,8 @@ def import_tensorflow():
 def start_devices():
     """Runs a first op quietly: TensorFlow probes its devices and logs it.
 
-    For the command line only, which owns its process.
+    For scripts that own their process (the command line, the examples, the
+    benchmarks); call it after any `tf.config` device settings.
     """
     with held_back_stderr():
         import tensorflow as tf

@@ -1,12 +1,17 @@
-"""The examples' own logic: number words, and batched greedy decoding."""
+"""The examples' own logic: number words, batched decoding, language-model
+batches and generation checks, speech features and batches."""
 
 import importlib.util
 import pathlib
+import shutil
+import sys
 
 import keras
 import numpy as np
+import pytest
 
 from keras_dynmask import models
+from tests.helpers import _run
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -59,3 +64,95 @@ def test_decoding_a_batch_equals_decoding_each_source_alone():
             verbose=0,
         )
     ).all()
+
+
+def test_language_model_batches_shift_by_one():
+    import tensorflow as tf
+
+    text_generation = _load("text_generation")
+    ids = tf.data.Dataset.from_tensors(tf.constant([[2, 5, 6, 3, 0]]))
+    inputs, targets = next(iter(text_generation.language_model_batches(ids)))
+    np.testing.assert_array_equal(inputs, [[2, 5, 6, 3]])
+    np.testing.assert_array_equal(targets, [[5, 6, 3, 0]])
+
+
+def test_text_generation_quick_run_passes_its_checks():
+    run = _run(
+        [
+            sys.executable,
+            str(ROOT / "examples" / "text_generation.py"),
+            "--quick",
+        ],
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    checks = [line for line in run.stdout.splitlines() if " == " in line]
+    assert len(checks) == 4, run.stdout
+    assert all(": True" in line for line in checks), run.stdout
+    assert "failed call to cuInit" not in run.stderr
+
+
+def test_log_mel_features_of_a_tone():
+    speech = _load("speech_commands")
+    rate = speech.SAMPLE_RATE
+    t = np.arange(rate) / rate
+    # Half a second of faint noise, then a 1 kHz tone.
+    audio = np.random.default_rng(0).normal(0, 1e-3, rate)
+    audio[rate // 2 :] += np.sin(2 * np.pi * 1000 * t[rate // 2 :])
+    features = speech.log_mel(audio.astype("float32"))
+    # 10 ms hops: about 100 frames per second.
+    assert features.shape == (1 + (rate - 551) // 220, speech.MEL_BINS)
+    np.testing.assert_allclose(features.mean(axis=0), 0, atol=1e-4)
+    np.testing.assert_allclose(features.std(), 1, atol=1e-3)
+    # The channel that rises most is the one whose filter holds 1 kHz.
+    rise = features[-30:].mean(axis=0) - features[:30].mean(axis=0)
+    fft_bin = round(1000 / (rate / 1024))
+    assert rise.argmax() == np.asarray(speech.mel_weights())[fft_bin].argmax()
+
+
+def test_speech_batches_are_padded_to_their_own_longest():
+    speech = _load("speech_commands")
+    rng = np.random.default_rng(0)
+    lengths = [5, 50, 7, 48, 6, 49]
+    features = [rng.normal(size=(n, speech.MEL_BINS)) for n in lengths]
+    labels = np.arange(6, dtype="int32")
+    seen = []
+    for inputs, batch_labels in speech.batches(features, labels, 3, seed=1):
+        padded, batch_lengths = inputs["features"], inputs["lengths"]
+        assert padded.shape[1] == batch_lengths.max()
+        for row, label in enumerate(batch_labels):
+            n = lengths[label]
+            assert batch_lengths[row] == n
+            np.testing.assert_allclose(padded[row, :n], features[label])
+            assert not padded[row, n:].any()
+        assert batch_lengths.max() - batch_lengths.min() < 10  # bucketed
+        seen.extend(batch_labels.tolist())
+    assert sorted(seen) == labels.tolist()
+
+
+def test_speech_model_ignores_padding_frames():
+    speech = _load("speech_commands")
+    model = speech.build_model(time_masks=2, seed=0)
+    rng = np.random.default_rng(0)
+    frames = rng.normal(size=(2, 30, speech.MEL_BINS)).astype("float32")
+    lengths = np.array([30, 12], "int32")
+    changed = frames.copy()
+    changed[1, 12:] = 50.0
+    outputs = [
+        model.predict({"features": f, "lengths": lengths}, verbose=0)
+        for f in (frames, changed)
+    ]
+    np.testing.assert_allclose(outputs[0], outputs[1], atol=1e-5)
+
+
+@pytest.mark.skipif(
+    shutil.which("espeak-ng") is None, reason="espeak-ng is not installed"
+)
+def test_speech_clips_are_real_speech_of_different_lengths():
+    speech = _load("speech_commands")
+    audio, labels = speech.clips("espeak-ng", ["m1", "f2"], 2, seed=0)
+    assert len(audio) == 2 * len(speech.WORDS)
+    assert labels.tolist() == sorted(labels.tolist())
+    assert len({len(a) for a in audio}) > 10
+    assert all(0.2 < len(a) / speech.SAMPLE_RATE < 2.0 for a in audio)
+    assert all(np.abs(a).max() > 0.05 for a in audio)

@@ -33,6 +33,12 @@ def _model():
     for index, text in enumerate(KINDS + COMPOSITIONS[:6]):
         attention = kd.MultiHeadAttention(2, 4, pattern=text)
         outputs[f"out_{index}"] = attention(x, x, **per_example)
+    # Small blocks, so lengths from 7 up take the block-wise path.
+    for index, text in enumerate(["causal & window(5)", "window(2) & segment"]):
+        attention = kd.MultiHeadAttention(2, 4, pattern=text, block_size=4)
+        outputs[f"blockwise_{index}"] = attention(
+            x, x, segment_ids=inputs["segment_ids"]
+        )
     block = kd.TransformerBlock(2, 16, pattern="causal | prefix")
     outputs["block"] = keras.layers.GlobalAveragePooling1D()(
         block(x, prefix_length=inputs["prefix_length"])

@@ -1,8 +1,11 @@
-"""Keras layers: token masks, masked-LM masking, attention, blocks."""
+"""Keras layers: token masks, masked-LM masking, feature masking,
+attention, blocks."""
 
 from keras_dynmask.layers.attention import MultiHeadAttention
 from keras_dynmask.layers.attention_mask import AttentionMask
+from keras_dynmask.layers.embedding import SinusoidalPositions
 from keras_dynmask.layers.embedding import TokenEmbedding
+from keras_dynmask.layers.time_frequency_masking import TimeFrequencyMasking
 from keras_dynmask.layers.token_masking import TokenMasking
 from keras_dynmask.layers.token_masks import LengthMask
 from keras_dynmask.layers.token_masks import PaddingMask
@@ -14,7 +17,9 @@ __all__ = [
     "LengthMask",
     "MultiHeadAttention",
     "PaddingMask",
+    "SinusoidalPositions",
     "SpanMask",
+    "TimeFrequencyMasking",
     "TokenEmbedding",
     "TokenMasking",
     "TransformerBlock",

@@ -5,6 +5,7 @@ import math
 import keras
 from keras import ops
 
+from keras_dynmask import blockwise
 from keras_dynmask._checks import check_fraction
 from keras_dynmask._checks import check_int
 from keras_dynmask._keras_mask import set_keras_mask
@@ -18,6 +19,68 @@ _register = keras.saving.register_keras_serializable(package="keras_dynmask")
 # Softmax runs in float32 whatever the compute dtype, so this stays finite
 # (a -1e9 cast to float16 would be -inf, then NaN).
 _MASKED_SCORE = -1e9
+
+
+def write_cache(cache, new, index):
+    """`cache` with `new` written at positions `index, index + 1, ...`.
+
+    Args:
+        cache: `(B, S, ...)`.
+        new: `(B, T, ...)`, the same trailing shape.
+        index: int or int tensor `(B,)`: where each row's `new[:, 0]` goes.
+
+    Returns:
+        `(B, S, ...)`. A one-hot product rather than a scatter, so each row
+        may write at its own position and the graph stays TFLite-builtin;
+        it is exact (each written value is multiplied by one).
+    """
+    batch, length = ops.shape(new)[0], ops.shape(new)[1]
+    index = ops.broadcast_to(
+        ops.reshape(ops.convert_to_tensor(index, "int32"), (-1,)), (batch,)
+    )
+    positions = ops.expand_dims(index, 1) + ops.arange(length, dtype="int32")
+    one_hot = ops.one_hot(positions, ops.shape(cache)[1], dtype=new.dtype)
+    new_flat = ops.reshape(new, (batch, length, -1))
+    written = ops.reshape(
+        ops.einsum("bts,btf->bsf", one_hot, new_flat), ops.shape(cache)
+    )
+    touched = ops.reshape(
+        ops.any(ops.cast(one_hot, "bool"), axis=1),
+        (batch, ops.shape(cache)[1]) + (1,) * (len(cache.shape) - 2),
+    )
+    return ops.where(touched, written, cache)
+
+
+def _dense_attention(query_heads, key_heads, value_heads, mask, dropout):
+    """Softmax attention over all keys.
+
+    Returns:
+        `(attended (B, T, N, H), has_key (B, T) or None, weights
+        (B, N, T, S))`.
+    """
+    # (B, N, T, S), normalized in float32 for every compute dtype.
+    scores = ops.cast(
+        ops.einsum("bsnh,btnh->bnts", key_heads, query_heads), "float32"
+    )
+    if mask is not None:
+        head_mask = ops.expand_dims(mask, 1)
+        scores = ops.where(head_mask, scores, _MASKED_SCORE)
+    if scores.shape[-1] == 1:
+        # One key: its weight is 1 (Keras warns on a softmax of size 1).
+        weights = ops.ones_like(scores)
+    else:
+        weights = ops.softmax(scores, axis=-1)
+    has_key = None
+    if mask is not None:
+        # A row whose keys are all hidden would otherwise be uniform.
+        weights = ops.where(head_mask, weights, 0.0)
+        has_key = ops.broadcast_to(
+            ops.any(mask, axis=-1),
+            (ops.shape(query_heads)[0], ops.shape(query_heads)[1]),
+        )
+    weights = ops.cast(weights, value_heads.dtype)
+    attended = ops.einsum("bnts,bsnh->btnh", dropout(weights), value_heads)
+    return attended, has_key, weights
 
 
 @_register
@@ -56,6 +119,14 @@ class MultiHeadAttention(keras.layers.Layer):
             `"glorot_uniform"`.
         bias_initializer: initializer for projection biases. Defaults to
             `"zeros"`.
+        block_size: int > 0 or `None`. For window patterns (alone or with
+            causal, backward, segment and padding masks) in self-attention,
+            attention is computed in blocks of this many queries over only
+            the key blocks the window reaches (`keras_dynmask.blockwise`),
+            whenever that is at most half the sequence: time and
+            memory grow with `T x window`, not `T x T`, and the results
+            equal the dense path's. On the TensorFlow backend; `None` always
+            uses the dense path. Defaults to `128`.
         **kwargs: base layer arguments.
 
     Call arguments:
@@ -67,13 +138,25 @@ class MultiHeadAttention(keras.layers.Layer):
         attention_mask: bool `(B, T, S)`, ANDed with everything else.
         segment_ids, key_segment_ids, prefix_length, span_length,
             span_position: per-example inputs the pattern reads.
-        offset: int or int tensor `(B,)`. Absolute position of query 0 (for
-            decoding with a cache). Defaults to `0`.
+        offset: int or int tensor `(B,)`. Absolute position of query 0.
+            Defaults to `0`.
+        cache: optional tensor `(B, 2, S, num_heads, key_dim)`, the keys
+            and values of earlier positions (zeros where none yet), for
+            decoding one step at a time. The new keys and values are
+            written into it at `cache_index`, the queries attend to all
+            `S` cached positions under the pattern, and the updated cache
+            is returned. Needs `key_dim == value_dim`.
+        cache_index: int or int tensor `(B,)`. Absolute position of query
+            0 when `cache` is given (each row may be at its own position);
+            it is the pattern's offset. With a cache, `value_mask` (the new
+            tokens') is not a key mask; `key_mask`, if given, covers the
+            `S` cached positions. Defaults to `0`.
         training: bool. Enables dropout.
         return_attention_scores: bool. Also return the weights.
 
     Returns:
-        `(B, T, D)`, and the weights `(B, num_heads, T, S)` when asked.
+        `(B, T, D)`, then the weights `(B, num_heads, T, S)` when asked,
+        then the updated cache when `cache` is given.
 
     Example:
 
@@ -98,6 +181,7 @@ class MultiHeadAttention(keras.layers.Layer):
         pattern="bidirectional",
         kernel_initializer="glorot_uniform",
         bias_initializer="zeros",
+        block_size=128,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -114,6 +198,12 @@ class MultiHeadAttention(keras.layers.Layer):
         )
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.bias_initializer = keras.initializers.get(bias_initializer)
+        if block_size is not None:
+            block_size = check_int("block_size", block_size, minimum=1)
+        self.block_size = block_size
+        self._blockwise = block_size is not None and blockwise.supports(
+            self.pattern
+        )
         self._dropout_layer = keras.layers.Dropout(
             self.dropout, dtype=self.dtype_policy
         )
@@ -170,67 +260,166 @@ class MultiHeadAttention(keras.layers.Layer):
         span_length=None,
         span_position=None,
         offset=0,
+        cache=None,
+        cache_index=0,
         training=None,
         return_attention_scores=False,
     ):
         key = value if key is None else key
-        key_mask = value_mask if key_mask is None else key_mask
-        mask = call_attention_mask(
-            self.pattern,
-            query,
-            key,
-            query_mask,
-            key_mask,
-            offset,
-            variables=self._by_leaf,
-            segment_ids=segment_ids,
-            key_segment_ids=key_segment_ids,
-            prefix_length=prefix_length,
-            span_length=span_length,
-            span_position=span_position,
-        )
-        if attention_mask is not None:
-            attention_mask = ops.cast(attention_mask, "bool")
-            mask = (
-                attention_mask
-                if mask is None
-                else ops.logical_and(mask, attention_mask)
-            )
-
-        # The mask is applied here; the projections need not see it.
+        if cache is None:
+            key_mask = value_mask if key_mask is None else key_mask
+        # The mask is applied below; the projections need not see it.
         query_heads = self._query_dense(without_mask(query))
         key_heads = self._key_dense(without_mask(key))
         value_heads = self._value_dense(without_mask(value))
+        if cache is not None:
+            cache = self._check_cache(cache, offset)
+            cache = ops.stack(
+                [
+                    write_cache(cache[:, 0], key_heads, cache_index),
+                    write_cache(cache[:, 1], value_heads, cache_index),
+                ],
+                axis=1,
+            )
+            key_heads, value_heads = cache[:, 0], cache[:, 1]
+            key, offset = key_heads, cache_index
         query_heads = query_heads * ops.cast(
             1.0 / math.sqrt(self.key_dim), query_heads.dtype
         )
-        # (B, N, T, S), normalized in float32 for every compute dtype.
-        scores = ops.cast(
-            ops.einsum("bsnh,btnh->bnts", key_heads, query_heads), "float32"
-        )
-        if mask is not None:
-            head_mask = ops.expand_dims(mask, 1)
-            scores = ops.where(head_mask, scores, _MASKED_SCORE)
-        if scores.shape[-1] == 1:
-            # One key: its weight is 1 (Keras warns on a softmax of size 1).
-            weights = ops.ones_like(scores)
+
+        def dropout(weights):
+            return self._dropout_layer(weights, training=training)
+
+        def dense():
+            mask = call_attention_mask(
+                self.pattern,
+                query,
+                key,
+                query_mask,
+                key_mask,
+                offset,
+                variables=self._by_leaf,
+                segment_ids=segment_ids,
+                key_segment_ids=key_segment_ids,
+                prefix_length=prefix_length,
+                span_length=span_length,
+                span_position=span_position,
+            )
+            if attention_mask is not None:
+                given = ops.cast(attention_mask, "bool")
+                mask = given if mask is None else ops.logical_and(mask, given)
+            return _dense_attention(
+                query_heads, key_heads, value_heads, mask, dropout
+            )
+
+        weights = None
+        if (
+            self._takes_blocks(
+                query,
+                key,
+                value,
+                offset,
+                cache,
+                attention_mask,
+                key_segment_ids,
+            )
+            and not return_attention_scores
+        ):
+
+            def blocks():
+                return blockwise.attention(
+                    query_heads,
+                    key_heads,
+                    value_heads,
+                    self.pattern,
+                    self.block_size,
+                    variables=self._by_leaf,
+                    query_mask=query_mask,
+                    key_mask=key_mask,
+                    segment_ids=segment_ids,
+                    dropout=dropout,
+                )
+
+            before, after = blockwise.key_blocks(
+                self.pattern, self._by_leaf, self.block_size
+            )
+            # Blocks pay once each query block reads at most half the
+            # sequence (window 256, blocks of 128: 0.92x dense's speed at
+            # T = 512, where they read 3/4 of it; 1.26x at T = 768; 5x at
+            # T = 4096; benchmarks/scaling.py).
+            length = ops.shape(query)[1]
+            fewer_keys = ops.logical_and(
+                ops.less_equal(
+                    2 * (before + after + 1) * self.block_size, length
+                ),
+                ops.equal(length, ops.shape(key)[1]),
+            )
+
+            def dense_with_rows():
+                attended, has_key, _ = dense()
+                if has_key is None:
+                    has_key = ops.ones(ops.shape(attended)[:2], "bool")
+                return attended, has_key
+
+            attended, has_key = ops.cond(fewer_keys, blocks, dense_with_rows)
         else:
-            weights = ops.softmax(scores, axis=-1)
-        if mask is not None:
-            # A row whose keys are all hidden would otherwise be uniform.
-            weights = ops.where(head_mask, weights, 0.0)
-        weights = ops.cast(weights, self.compute_dtype)
-        dropped = self._dropout_layer(weights, training=training)
-        attended = ops.einsum("bnts,bsnh->btnh", dropped, value_heads)
+            attended, has_key, weights = dense()
         output = self._output_dense(attended)
-        if mask is not None:
-            has_key = ops.expand_dims(ops.any(mask, axis=-1), -1)
+        if has_key is not None:
+            # A query that sees no key outputs zeros, not the bias.
+            has_key = ops.expand_dims(has_key, -1)
             output = ops.where(has_key, output, ops.zeros_like(output))
         if query_mask is not None:
             set_keras_mask(output, ops.cast(query_mask, "bool"))
+        outputs = (output,)
         if return_attention_scores:
-            return output, weights
-        return output
+            outputs += (weights,)
+        if cache is not None:
+            outputs += (cache,)
+        return outputs[0] if len(outputs) == 1 else outputs
+
+    def _takes_blocks(
+        self, query, key, value, offset, cache, attention_mask, key_segments
+    ):
+        """Whether this call may use block-wise attention: a window
+        pattern, queries and keys at the same positions (offset 0, lengths
+        not known to differ), nothing that needs a dense `(B, T, S)` mask,
+        on a backend with run-time shapes."""
+        lengths = {query.shape[1], key.shape[1], value.shape[1]} - {None}
+        return (
+            self._blockwise
+            and blockwise.available()
+            and cache is None
+            and attention_mask is None
+            and key_segments is None
+            and isinstance(offset, int)
+            and offset == 0
+            and len(lengths) <= 1
+        )
+
+    def _check_cache(self, cache, offset):
+        expected = (2, None, self.num_heads, self.key_dim)
+        if len(cache.shape) != 5 or any(
+            want is not None and got is not None and want != got
+            for want, got in zip(expected, cache.shape[1:], strict=True)
+        ):
+            raise ValueError(
+                "cache must have shape (batch, 2, length, num_heads="
+                f"{self.num_heads}, key_dim={self.key_dim}), received "
+                f"shape {tuple(cache.shape)}"
+            )
+        if self.value_dim != self.key_dim:
+            raise ValueError(
+                "A cache holds keys and values in one tensor, so it needs "
+                f"value_dim == key_dim; this layer has key_dim={self.key_dim}"
+                f", value_dim={self.value_dim}"
+            )
+        if not (isinstance(offset, int) and offset == 0):
+            raise ValueError(
+                "With a cache, cache_index is the queries' position: pass "
+                f"it instead of offset, received offset={offset!r}"
+            )
+        return ops.cast(cache, self.compute_dtype)
 
     def compute_mask(self, *args, **kwargs):
         # Attached in `call`; see `_keras_mask` for why none is recorded.
@@ -241,14 +430,21 @@ class MultiHeadAttention(keras.layers.Layer):
 
     def compute_output_spec(self, query, value, key=None, **kwargs):
         key = value if key is None else key
-        output = keras.KerasTensor(query.shape, dtype=self.compute_dtype)
+        cache = kwargs.get("cache")
+        outputs = (keras.KerasTensor(query.shape, dtype=self.compute_dtype),)
         if kwargs.get("return_attention_scores"):
-            weights = keras.KerasTensor(
-                (query.shape[0], self.num_heads, query.shape[1], key.shape[1]),
-                dtype=self.compute_dtype,
+            keys = key.shape[1] if cache is None else cache.shape[2]
+            outputs += (
+                keras.KerasTensor(
+                    (query.shape[0], self.num_heads, query.shape[1], keys),
+                    dtype=self.compute_dtype,
+                ),
             )
-            return output, weights
-        return output
+        if cache is not None:
+            outputs += (
+                keras.KerasTensor(cache.shape, dtype=self.compute_dtype),
+            )
+        return outputs[0] if len(outputs) == 1 else outputs
 
     def get_config(self):
         return {
@@ -265,4 +461,5 @@ class MultiHeadAttention(keras.layers.Layer):
             "bias_initializer": keras.initializers.serialize(
                 self.bias_initializer
             ),
+            "block_size": self.block_size,
         }

@@ -240,3 +240,51 @@ class TokenEmbedding(keras.layers.Layer):
                 self.embeddings_initializer
             ),
         }
+
+
+@_register
+class SinusoidalPositions(keras.layers.Layer):
+    """Adds sinusoidal position encodings to features of any length.
+
+    For inputs that are not token ids (audio frames, image patches): the
+    same encodings `TokenEmbedding` adds, for any sequence length.
+
+    Masking: passes the incoming `(B, T)` mask through.
+
+    Call arguments:
+        inputs: float tensor `(B, T, D)`, `D` even.
+        offset: int or int tensor `(B,)`. Position of the first frame.
+            Defaults to `0`.
+
+    Returns:
+        `inputs + encodings`, `(B, T, D)`.
+
+    Example:
+
+    >>> import numpy as np, keras_dynmask
+    >>> layer = keras_dynmask.SinusoidalPositions()
+    >>> layer(np.zeros((1, 3, 4), "float32")).numpy()[0, 1].round(3)
+    array([0.841, 0.01 , 0.54 , 1.   ], dtype=float32)
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.supports_masking = True
+
+    def build(self, inputs_shape):
+        if len(inputs_shape) != 3 or (
+            inputs_shape[-1] is not None and inputs_shape[-1] % 2
+        ):
+            raise ValueError(
+                "SinusoidalPositions takes (batch, length, features) with "
+                f"an even number of features, received shape "
+                f"{tuple(inputs_shape)}"
+            )
+
+    def call(self, inputs, offset=0):
+        return inputs + sinusoidal_positions(
+            ops.shape(inputs)[1], inputs.shape[-1], offset, inputs.dtype
+        )
+
+    def compute_output_shape(self, inputs_shape):
+        return inputs_shape

@@ -45,6 +45,9 @@ class TransformerBlock(keras.layers.Layer):
             Defaults to `False`.
         cross_pattern: `Pattern` or text for the cross-attention, over
             (target, source) positions. Defaults to `"bidirectional"`.
+        block_size: int > 0 or `None`. The self-attention's block size for
+            window patterns (see `MultiHeadAttention`); `None` keeps it
+            dense. Defaults to `128`.
         **kwargs: base layer arguments.
 
     Call arguments:
@@ -55,10 +58,17 @@ class TransformerBlock(keras.layers.Layer):
             per-example inputs the pattern reads.
         attention_mask: optional bool `(B, T, T)`, ANDed with the
             self-attention's mask (for masks computed elsewhere).
+        cache: optional `(B, 2, S, num_heads, key_dim)` keys and values of
+            the self-attention for earlier positions (see
+            `MultiHeadAttention`); the block then returns `(outputs, cache)`
+            with this call's keys and values written at `cache_index`.
+        cache_index: int or int tensor `(B,)`. Position of the first input
+            token when `cache` is given. Defaults to `0`.
         training: bool. Enables dropout.
 
     Returns:
-        `(B, T, D)`, carrying the input's mask.
+        `(B, T, D)`, carrying the input's mask; with a cache, also the
+        updated cache.
 
     Example:
 
@@ -84,6 +94,7 @@ class TransformerBlock(keras.layers.Layer):
         kernel_initializer="glorot_uniform",
         cross_attention=False,
         cross_pattern="bidirectional",
+        block_size=128,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -102,6 +113,9 @@ class TransformerBlock(keras.layers.Layer):
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.cross_attention = bool(cross_attention)
         self.cross_pattern = as_pattern(cross_pattern, "cross_pattern")
+        if block_size is not None:
+            block_size = check_int("block_size", block_size, minimum=1)
+        self.block_size = block_size
 
     def build(self, inputs_shape, context_shape=None):
         hidden_dim = inputs_shape[-1]
@@ -134,6 +148,7 @@ class TransformerBlock(keras.layers.Layer):
             key_dim,
             dropout=self.dropout,
             pattern=self.pattern,
+            block_size=self.block_size,
             name="attention",
             **common,
         )
@@ -174,6 +189,8 @@ class TransformerBlock(keras.layers.Layer):
         span_length=None,
         span_position=None,
         attention_mask=None,
+        cache=None,
+        cache_index=0,
         mask=None,
         inputs_mask=None,
         context_mask=None,
@@ -188,19 +205,28 @@ class TransformerBlock(keras.layers.Layer):
                 "context=<encoder output>, received context=None"
             )
 
+        updated = []
+
         def self_attention(x):
-            return self._attention(
+            outputs = self._attention(
                 x,
                 x,
                 query_mask=mask,
-                value_mask=mask,
+                # With a cache, the keys are the cached positions.
+                value_mask=mask if cache is None else None,
                 segment_ids=segment_ids,
                 prefix_length=prefix_length,
                 span_length=span_length,
                 span_position=span_position,
                 attention_mask=attention_mask,
+                cache=cache,
+                cache_index=cache_index,
                 training=training,
             )
+            if cache is None:
+                return outputs
+            updated.append(outputs[1])
+            return outputs[0]
 
         def cross_attention(x):
             return self._cross_attention(
@@ -222,7 +248,7 @@ class TransformerBlock(keras.layers.Layer):
         x = self._residual(x, self._output_norm, feed_forward, training)
         if mask is not None:
             set_keras_mask(x, ops.cast(mask, "bool"))
-        return x
+        return x if cache is None else (x, updated[0])
 
     @property
     def pattern_variables(self):
@@ -264,4 +290,5 @@ class TransformerBlock(keras.layers.Layer):
             ),
             "cross_attention": self.cross_attention,
             "cross_pattern": str(self.cross_pattern),
+            "block_size": self.block_size,
         }

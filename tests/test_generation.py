@@ -1,0 +1,199 @@
+"""Key/value caches and batched generation of prompts of different lengths."""
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from keras_dynmask import MultiHeadAttention
+from keras_dynmask import TransformerBlock
+from keras_dynmask import generation
+from keras_dynmask import models
+from keras_dynmask.layers.attention import write_cache
+from tests.helpers import SIZES
+from tests.helpers import VOCABULARY
+
+PROMPTS = [[5, 6, 7], [8], [9, 10, 11, 12, 13, 3], [4, 4]]
+
+
+def causal_lm(pattern="causal", seed=1):
+    keras.utils.set_random_seed(seed)
+    return models.build_causal_lm(VOCABULARY, pattern=pattern, **SIZES)
+
+
+def test_write_cache_puts_each_row_at_its_own_position():
+    cache = np.arange(2 * 6 * 3, dtype="float32").reshape(2, 6, 3)
+    new = -np.ones((2, 2, 3), "float32") * np.array([[[1]], [[2]]])
+    written = ops.convert_to_numpy(write_cache(cache, new, np.array([1, 4])))
+    expected = cache.copy()
+    expected[0, 1:3] = new[0]
+    expected[1, 4:6] = new[1]
+    np.testing.assert_array_equal(written, expected)
+
+
+@pytest.mark.parametrize(
+    "pattern", ["causal", "causal & window(2)", "causal & ~window(1, 0)"]
+)
+def test_attention_with_a_cache_equals_the_whole_sequence(pattern):
+    """Rows at different positions, fed one token at a time."""
+    keras.utils.set_random_seed(0)
+    mha = MultiHeadAttention(2, 4, pattern=pattern)
+    x = np.random.default_rng(0).normal(size=(2, 7, 8)).astype("float32")
+    whole = ops.convert_to_numpy(mha(x, x))
+    cache = np.zeros((2, 2, 7, 2, 4), "float32")
+    # Row 0 starts with a 3-token prefill, row 1 with 5 (one call of 5,
+    # row 0's last two prefill positions are overwritten later).
+    out, cache = mha(x[:, :5], x[:, :5], cache=cache, cache_index=0)
+    np.testing.assert_allclose(out[1], whole[1, :5], atol=1e-5)
+    np.testing.assert_allclose(out[0, :3], whole[0, :3], atol=1e-5)
+    positions = np.array([3, 5])
+    while positions.max() < 7:
+        step = np.minimum(positions, 6)
+        token = x[np.arange(2), step][:, None]
+        out, cache = mha(token, token, cache=cache, cache_index=step)
+        for row in range(2):
+            if positions[row] < 7:
+                np.testing.assert_allclose(
+                    out[row, 0], whole[row, positions[row]], atol=1e-5
+                )
+        positions = positions + 1
+
+
+def test_block_returns_its_updated_cache():
+    block = TransformerBlock(2, 16, pattern="causal")
+    x = np.random.default_rng(1).normal(size=(1, 4, 8)).astype("float32")
+    whole = ops.convert_to_numpy(block(x))
+    cache = np.zeros((1, 2, 4, 2, 4), "float32")
+    outputs = []
+    for position in range(4):
+        out, cache = block(
+            x[:, position : position + 1], cache=cache, cache_index=position
+        )
+        outputs.append(ops.convert_to_numpy(out)[:, 0])
+    np.testing.assert_allclose(np.stack(outputs, 1), whole, atol=1e-5)
+    assert np.abs(ops.convert_to_numpy(cache)).min(axis=(0, 1, 3, 4)).all()
+
+
+def test_bad_caches_are_named():
+    mha = MultiHeadAttention(2, 4, pattern="causal")
+    x = np.zeros((1, 1, 8), "float32")
+    with pytest.raises(ValueError, match="cache must have shape"):
+        mha(x, x, cache=np.zeros((1, 2, 5, 3, 4), "float32"))
+    with pytest.raises(ValueError, match="pass it instead of offset"):
+        mha(x, x, cache=np.zeros((1, 2, 5, 2, 4), "float32"), offset=2)
+    different = MultiHeadAttention(2, 4, value_dim=3)
+    with pytest.raises(ValueError, match="value_dim == key_dim"):
+        different(x, x, cache=np.zeros((1, 2, 5, 2, 4), "float32"))
+
+
+@pytest.mark.parametrize("pattern", ["causal", "causal & window(2)"])
+@pytest.mark.parametrize("top_k", [None, 5])
+def test_cached_generation_equals_uncached(pattern, top_k):
+    model = causal_lm(pattern)
+    cached, cached_logits = generation.generate(
+        model, PROMPTS, 8, top_k=top_k, return_logits=True
+    )
+    full, full_logits = generation.generate(
+        model, PROMPTS, 8, top_k=top_k, use_cache=False, return_logits=True
+    )
+    assert cached == full
+    np.testing.assert_allclose(cached_logits, full_logits, atol=1e-4)
+
+
+@pytest.mark.parametrize("top_k", [None, 5])
+def test_a_batch_equals_each_prompt_alone(top_k):
+    model = causal_lm()
+    batched = generation.generate(model, PROMPTS, 8, top_k=top_k, seed=7)
+    alone = [
+        generation.generate(model, [prompt], 8, top_k=top_k, seed=7)[0]
+        for prompt in PROMPTS
+    ]
+    assert batched == alone
+    reordered = generation.generate(
+        model, PROMPTS[::-1], 8, top_k=top_k, seed=7
+    )
+    assert reordered == batched[::-1]
+
+
+def test_sampling_follows_the_seed_and_the_top_k():
+    model = causal_lm()
+    first = generation.generate(model, PROMPTS, 12, top_k=3, seed=1)
+    again = generation.generate(model, PROMPTS, 12, top_k=3, seed=1)
+    other = generation.generate(model, PROMPTS, 12, top_k=3, seed=2)
+    assert first == again
+    assert first != other
+    _, logits = generation.generate(
+        model, PROMPTS, 12, top_k=3, seed=1, return_logits=True
+    )
+    logits[:, :, 0] = -np.inf  # the padding id is never drawn
+    top = np.argsort(-logits, axis=-1)[..., :3]
+    chosen = np.array(first)[..., None]
+    assert (top == chosen).any(axis=-1).all()
+
+
+def test_greedy_is_the_argmax_and_never_padding():
+    model = causal_lm()
+    tokens, logits = generation.generate(model, PROMPTS, 6, return_logits=True)
+    logits[:, :, 0] = -np.inf
+    np.testing.assert_array_equal(np.array(tokens), logits.argmax(-1))
+
+
+def test_rows_stop_after_the_end_id():
+    model = causal_lm()
+    tokens = generation.generate(model, PROMPTS, 10)
+    end_id = tokens[0][2]
+    stopped = generation.generate(model, PROMPTS, 10, end_id=end_id)
+    for row, full in zip(stopped, tokens, strict=True):
+        if end_id in full:
+            assert row == full[: full.index(end_id) + 1]
+        else:
+            assert row == full
+
+
+def test_each_step_is_one_traced_function_of_one_position():
+    model = causal_lm()
+    generation.generate(model, PROMPTS, 4)
+    generation.generate(model, PROMPTS[:3], 9)
+    parts = generation._parts(model)
+    if keras.backend.backend() == "tensorflow":
+        # Shapes are relaxed after the first trace: one more at most.
+        assert parts.step.experimental_get_tracing_count() <= 2
+        concrete = parts.step.get_concrete_function(
+            np.zeros(3, "int32"),
+            np.zeros(3, "int32"),
+            [np.zeros((3, 2, 10, 2, 8), "float32")] * 2,
+        )
+        token_input = concrete.structured_input_signature[0][0]
+        assert token_input.shape.rank == 1
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"prompts": [[3], []]}, "non-empty"),
+        ({"prompts": [[3, 0, 4]]}, "padding id 0"),
+        ({"prompts": np.array([[3, 4]])}, "list of token id lists"),
+        ({"max_new_tokens": 0}, "max_new_tokens"),
+        ({"top_k": VOCABULARY + 1}, "top_k"),
+        ({"top_k": 2, "temperature": 0}, "temperature"),
+    ],
+)
+def test_bad_arguments_are_named(arguments, message):
+    model = causal_lm()
+    call = {"prompts": [[3, 4]], "max_new_tokens": 2, **arguments}
+    with pytest.raises(ValueError, match=message):
+        generation.generate(model, **call)
+
+
+@pytest.mark.parametrize("pattern", ["bidirectional", "causal | window(1)"])
+def test_patterns_that_see_later_keys_cannot_generate(pattern):
+    model = causal_lm(pattern)
+    with pytest.raises(ValueError, match="no query may see a later key"):
+        generation.generate(model, [[3]], 2)
+
+
+def test_other_models_are_refused():
+    ids = keras.Input((None,), dtype="int32")
+    logits = keras.layers.Dense(VOCABULARY)(keras.layers.Embedding(50, 8)(ids))
+    with pytest.raises(ValueError, match="build_causal_lm"):
+        generation.generate(keras.Model(ids, logits), [[3]], 2)
