@@ -6,7 +6,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: demo test test-long lint format clean bench bench-quick pictures examples
+.PHONY: demo test test-long test-backends lint format clean bench bench-quick \
+	pictures examples
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -48,7 +49,26 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(VENV)-jax $(VENV)-torch build *.egg-info
+
+# The layers and models under Keras' JAX and PyTorch backends, each in its
+# own virtual environment (with TensorFlow too: data, tokenizer and export
+# stay TensorFlow's); TensorFlow-only tests are skipped there.
+BACKEND_TESTS := tests/test_patterns.py tests/test_attention.py \
+	tests/test_token_masks.py tests/test_token_masking.py \
+	tests/test_functional.py tests/test_models.py tests/test_generation.py \
+	tests/test_time_frequency_masking.py \
+	tests/test_backends.py
+
+$(VENV)-%/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)-$*
+	$(VENV)-$*/bin/python -m pip install --quiet --upgrade pip
+	$(VENV)-$*/bin/python -m pip install --quiet -e '.[test,$*]'
+	touch $@
+
+test-backends: $(VENV)-jax/.installed $(VENV)-torch/.installed
+	KERAS_BACKEND=jax $(VENV)-jax/bin/python -m pytest -q $(BACKEND_TESTS)
+	KERAS_BACKEND=torch $(VENV)-torch/bin/python -m pytest -q $(BACKEND_TESTS)
 
 # Property tests with 3,000 examples each instead of 500 (CI runs `test`).
 test-long: $(STAMP)

@@ -220,7 +220,7 @@ def _pad(prompts, pad_id):
 
 def _prompt_keys(seed, ids, lengths):
     """Random keys `(B,)`: a function of the seed and each row's prompt."""
-    keys = _random.combine(ops.zeros((len(ids),), "int64"), int(seed))
+    keys = _random.combine(ops.zeros((len(ids),), _random.key_dtype()), seed)
     keys = _random.combine(keys, lengths)
     for position in range(ids.shape[1]):
         folded = _random.combine(keys, ids[:, position])

@@ -345,7 +345,7 @@ def mask_tokens(
 
     Args:
         token_ids: int `(B, T)`.
-        keys: int64 `(B,)`. Row keys; the result is a function of them.
+        keys: `(B,)` keys from `_random`; the result is a function of them.
         valid: bool `(B, T)`. Real (non-padding) positions.
         unselectable_ids: int tensor `(U,)` or `None`. Never selected.
         mask_token_id: int.
@@ -431,18 +431,22 @@ def static_keys(keys, seed, token_ids, valid, dupe_factor):
     `dupe_factor` copies; `keys` (fresh each sighting) only pick the copy.
 
     Returns:
-        int64 `(B,)`.
+        `(B,)` keys.
     """
-    copy = ops.cast(_random.uniform(keys, 1)[:, 0] * dupe_factor, "int64")
-    base = _random.combine(ops.convert_to_tensor(seed, "int64"), 0)
-    ids = ops.cast(ops.where(valid, token_ids, -1), "int64")
-    positions = ops.arange(ops.shape(ids)[1], dtype="int64")
+    dtype = _random.key_dtype()
+    copy = ops.cast(_random.uniform(keys, 1)[:, 0] * dupe_factor, dtype)
+    base = _random.combine(ops.zeros((), dtype), seed)
+    ids = ops.where(valid, token_ids, -1)
+    positions = ops.arange(ops.shape(ids)[1], dtype=dtype)
     # A hash per (position, id) pair, summed: the same tokens in the same
     # places give the same fingerprint, whatever the padding after them.
-    cells = _random.combine(base, ids * 4096 + ops.expand_dims(positions, 0))
+    # The sum is taken in 16-bit halves, so it fits int32 up to T = 32768.
+    cells = _random.combine(_random.combine(base, ids), positions[None, :])
     cells = ops.where(valid, cells, 0)
-    fingerprint = ops.sum(cells, axis=1)
-    return _random.combine(_random.combine(base, fingerprint), copy)
+    low = ops.sum(ops.bitwise_and(cells, 0xFFFF), axis=1)
+    high = ops.sum(ops.right_shift(cells, 16), axis=1)
+    fingerprint = _random.combine(_random.combine(base, low), high)
+    return _random.combine(fingerprint, copy)
 
 
 def find_mask_tokens(token_ids, valid, mask_token_id, max_selections):

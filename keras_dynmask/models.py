@@ -372,11 +372,12 @@ class MaskedLM(keras.Model):
             "mask_weights": masked["mask_weights"],
         }
 
-    def test_step(self, data):
-        # The traced test step draws the fixed evaluation masks.
+    def test_step(self, *args):
+        # The traced test step draws the fixed evaluation masks. (JAX's
+        # trainer passes the state before the data.)
         self._evaluating = True
         try:
-            return super().test_step(data)
+            return super().test_step(*args)
         finally:
             self._evaluating = False
 

@@ -27,6 +27,32 @@ def padded_ids(lengths, total_length, pad_id=0, seed=0):
     return ids
 
 
+def input_gradient(function, x):
+    """The gradient of the scalar `function(x)` with respect to `x`, as
+    numpy, on whichever Keras backend is running."""
+    import keras
+
+    backend = keras.backend.backend()
+    x = np.asarray(x, "float32")
+    if backend == "jax":
+        import jax
+
+        return np.asarray(jax.grad(function)(jax.numpy.asarray(x)))
+    if backend == "torch":
+        import torch
+
+        tensor = torch.tensor(x, requires_grad=True)
+        function(tensor).backward()
+        return tensor.grad.numpy()
+    import tensorflow as tf
+
+    tensor = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(tensor)
+        value = function(tensor)
+    return tape.gradient(value, tensor).numpy()
+
+
 def run_cli(*args, timeout=300):
     """Runs `keras-dynmask ARGS` in a new process, as a user would."""
     return _run([sys.executable, "-m", "keras_dynmask.cli", *args], timeout)

@@ -138,6 +138,7 @@ def block_calls(monkeypatch):
     return calls
 
 
+@pytest.mark.tensorflow_only
 @pytest.mark.parametrize("length", [1, 8, 23, 31, 32, 33, 100])
 def test_the_layer_chooses_blocks_only_when_they_save_work(length, block_calls):
     fast, dense = _pair("causal & window(5)")
@@ -154,6 +155,7 @@ def test_the_layer_chooses_blocks_only_when_they_save_work(length, block_calls):
     assert not np.asarray(y_fast)[1, length // 2 :].any()
 
 
+@pytest.mark.tensorflow_only
 def test_fully_masked_rows_are_zero_and_finite(block_calls):
     fast, dense = _pair("window(4) & ~window(4)", block_size=2)
     x = np.ones((1, 30, 8), "float32")
@@ -162,6 +164,7 @@ def test_fully_masked_rows_are_zero_and_finite(block_calls):
     assert np.isfinite(y).all() and not y.any()
 
 
+@pytest.mark.tensorflow_only
 @pytest.mark.parametrize(
     "mixed_policy", ["mixed_float16", "mixed_bfloat16"], indirect=True
 )
@@ -180,6 +183,7 @@ def test_mixed_precision_matches_dense(mixed_policy, block_calls):
     np.testing.assert_allclose(y_fast, y_dense, atol=2e-2)
 
 
+@pytest.mark.tensorflow_only
 def test_gradients_match_dense(block_calls):
     import tensorflow as tf
 
@@ -196,6 +200,7 @@ def test_gradients_match_dense(block_calls):
         np.testing.assert_allclose(got, want, atol=1e-4)
 
 
+@pytest.mark.tensorflow_only
 def test_window_variables_may_widen_during_training(block_calls):
     """The number of key blocks follows the variable, not the constructor."""
     fast, dense = _pair("causal & window(2)", block_size=4)
@@ -207,6 +212,7 @@ def test_window_variables_may_widen_during_training(block_calls):
     assert block_calls
 
 
+@pytest.mark.tensorflow_only
 def test_a_traced_model_of_unknown_length_picks_per_call(block_calls):
     import tensorflow as tf
 

@@ -32,6 +32,7 @@ class CountingMasking(kd.TokenMasking):
         )
 
 
+@pytest.mark.tensorflow_only
 def test_selection_rate_and_window_change_during_fit_traced_once():
     keras.utils.set_random_seed(0)
     encoder = models.build_encoder(

@@ -201,6 +201,7 @@ def test_static_masks_repeat_dynamic_masks_do_not():
     assert len(dynamic_masks) > 200  # of 256 sightings
 
 
+@pytest.mark.tensorflow_only
 def test_selection_rate_variable_changes_without_retracing():
     layer = _layer(selection_rate=0.1)
     traces = []
@@ -280,6 +281,7 @@ def test_a_masked_lm_trains_with_fit_and_its_loss_falls():
     assert int(masking.step.numpy()) == 8 * 8
 
 
+@pytest.mark.tensorflow_only
 def test_a_model_with_the_layer_converts_to_tflite(tmp_path):
     from ai_edge_litert.interpreter import Interpreter
 
@@ -403,3 +405,29 @@ def test_span_masking_budget_words_and_one_decision_per_span():
         # Whole words: a word is in or out.
         for word in np.unique(words[row][selected[row]]):
             assert selected[row][words[row] == word].all()
+
+
+def test_int32_random_numbers_equal_the_int64_ones(monkeypatch):
+    """JAX without x64 computes the keyed hash in int32 pieces: the same
+    numbers, bit for bit, as the int64 path."""
+    from keras_dynmask import _random
+
+    rng = np.random.default_rng(0)
+    values = rng.integers(-(2**31), 2**31, 2000).astype("int64")
+    values[:4] = [0, 2**31 - 1, -1, -(2**31)]
+    keys = rng.integers(0, 2**31, 2000)
+
+    def numbers():
+        dtype = _random.key_dtype()
+        folded = _random.combine(keys.astype(dtype), values.astype(dtype))
+        row = _random.row_keys(2**40 + 7, 12345, 5)
+        stream = _random.stream(_random.bits(row, 300), 3)
+        return [np.asarray(x).astype("int64") for x in (folded, row, stream)]
+
+    wide = numbers()
+    monkeypatch.setattr(_random, "key_dtype", lambda: "int32")
+    narrow = numbers()
+    assert narrow[0].dtype == "int64"  # compared as int64 below
+    for a, b in zip(wide, narrow, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert (wide[2] >= 0).all() and (wide[2] < 2**31).all()

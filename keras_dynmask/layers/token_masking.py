@@ -199,7 +199,7 @@ class TokenMasking(keras.layers.Layer):
         )
         self.step = self.add_weight(
             shape=(),
-            dtype="int64",
+            dtype=_random.key_dtype(),
             initializer="zeros",
             trainable=False,
             # Every replica counts the same steps; the first one's count is
