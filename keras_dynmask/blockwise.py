@@ -9,7 +9,8 @@ around it, gathered into one tensor, so scores take
 evaluated inside each block with the same functions as the dense mask (a
 window is the same at every position, so a block's queries sit at
 `ceil(left / block) * block` relative to its first gathered key), and the
-softmax is the dense path's, so the results agree to float rounding.
+softmax is the dense path's (`softmax_attention`), so the results agree
+to float rounding.
 
 Window sizes may be variables: the number of gathered blocks is computed
 in the graph from their current values. That needs shapes known only when
@@ -21,6 +22,7 @@ import keras
 from keras import ops
 
 from keras_dynmask import patterns
+from keras_dynmask.softmax_attention import softmax_attention
 
 # Leaves whose rule depends only on `key - query` (or on segment ids that
 # are gathered with the keys): a block can evaluate them relative to its
@@ -32,7 +34,6 @@ _BLOCKWISE_LEAVES = (
     patterns.Window,
     patterns.Segment,
 )
-_MASKED_SCORE = -1e9
 
 
 def band(pattern, variables=None):
@@ -190,20 +191,9 @@ def attention(
     query_blocks = queries(query_heads, 0)
     key_block = keys(key_heads, 0)
     value_block = keys(value_heads, 0)
-    scores = ops.cast(
-        ops.einsum("bsnh,btnh->bnts", key_block, query_blocks), "float32"
+    attended, _, _ = softmax_attention(
+        query_blocks, key_block, value_block, mask, dropout
     )
-    head_mask = ops.expand_dims(mask, 1)
-    scores = ops.where(head_mask, scores, _MASKED_SCORE)
-    if scores.shape[-1] == 1:
-        # One key: its weight is 1 (Keras warns on a softmax of size 1).
-        weights = ops.where(head_mask, 1.0, 0.0)
-    else:
-        weights = ops.where(head_mask, ops.softmax(scores, axis=-1), 0.0)
-    weights = ops.cast(weights, value_heads.dtype)
-    if dropout is not None:
-        weights = dropout(weights)
-    attended = ops.einsum("bnts,bsnh->btnh", weights, value_block)
     attended = ops.reshape(attended, (batch, padded, heads, value_size))
     has_key = ops.reshape(ops.any(mask, axis=-1), (batch, padded))
     return attended[:, :length], has_key[:, :length]

@@ -9,8 +9,8 @@ from keras import ops
 
 import keras_dynmask as kd
 from keras_dynmask import blockwise
-from keras_dynmask.layers.attention import _dense_attention
 from keras_dynmask.layers.attention_mask import call_attention_mask
+from keras_dynmask.softmax_attention import softmax_attention
 
 
 def _no_dropout(weights):
@@ -87,7 +87,7 @@ def test_blockwise_equals_dense_for_random_patterns(data):
     )
     padding = np.arange(length)[None] < np.array(lengths)[:, None]
     segments = np.sort(rng.integers(0, 3, (batch, length)), 1).astype("int32")
-    want_attended, want_rows, _ = _dense_attention(
+    want_attended, want_rows, _ = softmax_attention(
         q,
         k,
         v,

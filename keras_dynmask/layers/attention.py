@@ -13,12 +13,9 @@ from keras_dynmask._keras_mask import without_mask
 from keras_dynmask.layers.attention_mask import call_attention_mask
 from keras_dynmask.layers.attention_mask import pattern_variables
 from keras_dynmask.parsing import as_pattern
+from keras_dynmask.softmax_attention import softmax_attention
 
 _register = keras.saving.register_keras_serializable(package="keras_dynmask")
-
-# Softmax runs in float32 whatever the compute dtype, so this stays finite
-# (a -1e9 cast to float16 would be -inf, then NaN).
-_MASKED_SCORE = -1e9
 
 
 def write_cache(cache, new, index):
@@ -49,38 +46,6 @@ def write_cache(cache, new, index):
         (batch, ops.shape(cache)[1]) + (1,) * (len(cache.shape) - 2),
     )
     return ops.where(touched, written, cache)
-
-
-def _dense_attention(query_heads, key_heads, value_heads, mask, dropout):
-    """Softmax attention over all keys.
-
-    Returns:
-        `(attended (B, T, N, H), has_key (B, T) or None, weights
-        (B, N, T, S))`.
-    """
-    # (B, N, T, S), normalized in float32 for every compute dtype.
-    scores = ops.cast(
-        ops.einsum("bsnh,btnh->bnts", key_heads, query_heads), "float32"
-    )
-    if mask is not None:
-        head_mask = ops.expand_dims(mask, 1)
-        scores = ops.where(head_mask, scores, _MASKED_SCORE)
-    if scores.shape[-1] == 1:
-        # One key: its weight is 1 (Keras warns on a softmax of size 1).
-        weights = ops.ones_like(scores)
-    else:
-        weights = ops.softmax(scores, axis=-1)
-    has_key = None
-    if mask is not None:
-        # A row whose keys are all hidden would otherwise be uniform.
-        weights = ops.where(head_mask, weights, 0.0)
-        has_key = ops.broadcast_to(
-            ops.any(mask, axis=-1),
-            (ops.shape(query_heads)[0], ops.shape(query_heads)[1]),
-        )
-    weights = ops.cast(weights, value_heads.dtype)
-    attended = ops.einsum("bnts,bsnh->btnh", dropout(weights), value_heads)
-    return attended, has_key, weights
 
 
 @_register
@@ -308,7 +273,7 @@ class MultiHeadAttention(keras.layers.Layer):
             if attention_mask is not None:
                 given = ops.cast(attention_mask, "bool")
                 mask = given if mask is None else ops.logical_and(mask, given)
-            return _dense_attention(
+            return softmax_attention(
                 query_heads, key_heads, value_heads, mask, dropout
             )
 
