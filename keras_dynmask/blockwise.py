@@ -41,7 +41,7 @@ def band(pattern, variables=None):
 
     Args:
         pattern: a `Pattern`.
-        variables: `{id(leaf): {name: variable}}` as in `Pattern.mask`.
+        variables: `{name: variable}` as in `Pattern.mask`.
 
     Returns:
         `(left, right)`, ints or scalar tensors, such that no query `i`
@@ -50,8 +50,11 @@ def band(pattern, variables=None):
     """
     variables = variables or {}
     if isinstance(pattern, patterns.Window):
-        held = variables.get(id(pattern), {})
-        return held.get("left", pattern.left), held.get("right", pattern.right)
+        names = pattern.variable_names()
+        return (
+            variables.get(names["left"], pattern.left),
+            variables.get(names["right"], pattern.right),
+        )
     if isinstance(pattern, patterns.Causal):
         return None, 0
     if isinstance(pattern, patterns.Backward):

@@ -61,6 +61,8 @@ def generate(
         max_new_tokens, vocabulary_size)`.
     """
     parts = _parts(model)
+    for block in parts.blocks:  # each call: a window may have been widened
+        _check_causal(block)
     lengths, ids = _pad(prompts, parts.pad_id)
     max_new_tokens = check_int("max_new_tokens", max_new_tokens, minimum=1)
     if top_k is not None:
@@ -133,8 +135,6 @@ class _Parts:
             for layer in model.layers
             if isinstance(layer, TransformerBlock)
         ]
-        for block in self.blocks:
-            _check_causal(block)
         self.model = model
         self.pad_id = self.embedding.pad_id
         self.vocabulary_size = self.embedding.vocabulary_size
@@ -184,11 +184,16 @@ def _check_causal(block):
             f"positions; block {block.name!r} has pattern {str(pattern)!r}"
             + (" and cross-attention" if block.cross_attention else "")
         )
-    visible = np.asarray(ops.convert_to_numpy(pattern.mask(16, 16)))
-    if np.triu(visible.reshape(16, 16), k=1).any():
+    values = {
+        name: int(ops.convert_to_numpy(variable))
+        for name, variable in block.pattern_variables.items()
+    }
+    if not pattern.hides_future(values):
         raise ValueError(
             "generate decodes left to right, so no query may see a later "
-            f"key; block {block.name!r} has pattern {str(pattern)!r}"
+            f"key at any length; block {block.name!r} has pattern "
+            f"{str(pattern)!r}, which may show one (combine it with "
+            "'causal')"
         )
 
 

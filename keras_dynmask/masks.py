@@ -145,7 +145,7 @@ def bidirectional_mask(query_length, key_length=None, offset=0):
     return ops.logical_and(_every(query), _every(key))
 
 
-def window_mask(left, right=None, query_length=1, key_length=None, offset=0):
+def window_mask(left, right=None, *, query_length, key_length=None, offset=0):
     """Window pattern: query `i` sees key `j` iff `i - left <= j <= i + right`.
 
     Counts include the query itself: `window_mask(0, 0)` is the diagonal.

@@ -389,14 +389,21 @@ class MaskedLM(keras.Model):
         losses = keras.losses.sparse_categorical_crossentropy(
             y_pred["mask_ids"], logits, from_logits=True
         )
-        # The mean over real selections, not over all K slots.
-        return ops.sum(losses * weights) / ops.maximum(ops.sum(weights), 1.0)
+        # The mean over real selections, not over all K slots; a sample
+        # weight scales its row's terms, as Keras' sum-over-batch losses do.
+        total = ops.sum(losses * _weighted(weights, sample_weight))
+        loss = total / ops.maximum(ops.sum(weights), 1.0)
+        if self.losses:  # regularizers and `add_loss` terms
+            loss = loss + ops.sum(
+                ops.stack([ops.cast(term, "float32") for term in self.losses])
+            )
+        return loss
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         self.accuracy.update_state(
             y_pred["mask_ids"],
             ops.cast(y_pred["logits"], "float32"),
-            sample_weight=y_pred["mask_weights"],
+            sample_weight=_weighted(y_pred["mask_weights"], sample_weight),
         )
         return self.get_metrics_result()
 
@@ -419,3 +426,13 @@ class MaskedLM(keras.Model):
             config["masking"]
         )
         return cls(**config)
+
+
+def _weighted(mask_weights, sample_weight):
+    """`(B, K)` selection weights times per-row `sample_weight` `(B,)`."""
+    if sample_weight is None:
+        return mask_weights
+    sample_weight = ops.cast(sample_weight, mask_weights.dtype)
+    if len(sample_weight.shape) == 1:
+        sample_weight = ops.expand_dims(sample_weight, -1)
+    return mask_weights * sample_weight

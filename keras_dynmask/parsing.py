@@ -9,6 +9,9 @@ Grammar, with Python's precedence (`~` binds tighter than `&`, `&` than
     word       := causal | forward | backward | bidirectional
                 | window(L) | window(L, R) | prefix | prefix(P)
                 | segment | span | span(LEN, POS)
+
+A word with numbers may end with a name for the variables a layer holds
+for them: `window(2, name=local)`, `prefix(3, name=p)`.
 """
 
 import re
@@ -121,7 +124,9 @@ class _Parser:
                 position,
             )
         cls, counts = _WORDS[value.lower()]
-        arguments = self._arguments() if self._peek("(") else []
+        arguments, name = self._arguments() if self._peek("(") else ([], None)
+        if name is not None and not issubclass(cls, patterns._Word):
+            self._fail(f"{value} takes no name", position)
         if len(arguments) not in counts:
             expected = " or ".join(str(count) for count in counts)
             self._fail(
@@ -130,22 +135,31 @@ class _Parser:
                 position,
             )
         try:
-            return cls(*arguments)
+            if name is None:
+                return cls(*arguments)
+            return cls(*arguments, name=name)
         except ValueError as error:
             self._fail(str(error), position)
 
     def _arguments(self):
+        """`(ints, name)` from `(1, 2)`, `(1, name=local)` or `(name=p)`."""
         self._expect("(")
-        arguments = []
+        arguments, name = [], None
         while True:
-            kind, value, position = self._next("an int")
+            kind, value, position = self._next("an int or name=")
+            if kind == "word" and value == "name" and self._accept("="):
+                kind, name, position = self._next("a name")
+                if kind != "word":
+                    self._fail(f"expected a name, found {name!r}", position)
+                self._expect(")")
+                return arguments, name
             if kind != "int":
                 self._fail(f"expected an int, found {value!r}", position)
             arguments.append(int(value))
             if not self._accept(","):
                 break
         self._expect(")")
-        return arguments
+        return arguments, name
 
     def _peek(self, op):
         return (

@@ -11,6 +11,8 @@ Per-example inputs a pattern may read, by name:
 - `span_length` and `span_position` `(B,)` for `span` without fixed values.
 """
 
+import re
+
 import keras
 
 from keras_dynmask import masks
@@ -49,6 +51,35 @@ class Pattern:
         """This word's fixed int parameters by name (`{"left": 3, ...}`)."""
         return {}
 
+    def variable_names(self):
+        """`{parameter: name}` of the variables a layer holds for this
+        word's parameters: `"NAME_left"` for `window(2, name=NAME)`, else
+        the word and its numbers (`"window_2_left"`). The name depends
+        only on the word itself, never on where it stands in a pattern, so
+        a checkpoint or a schedule binds to the same word in any order;
+        equal words share their variables."""
+        return {}
+
+    def hides_future(self, values=None):
+        """Whether no query can see a later key, at any length.
+
+        Decided from the pattern's words (`causal & window(3)` and
+        `~backward` hide the future; `causal | ~window(20)` does not),
+        conservatively: `True` is a guarantee, `False` means a later key
+        may be visible.
+
+        Args:
+            values: optional `{variable name: int}` (see `variable_names`)
+                standing in for parameters a layer holds, e.g. a window's
+                current size.
+        """
+        return self._future(values or {})[0]
+
+    def _future(self, values):
+        """`(never, always)`: whether this pattern shows a query no later
+        key, and whether it shows it every later key, at every length."""
+        raise NotImplementedError
+
     def mask(
         self, query_length, key_length=None, offset=0, variables=None, **inputs
     ):
@@ -59,8 +90,9 @@ class Pattern:
             key_length: int or scalar tensor. `S`. Defaults to `T`.
             offset: int or int tensor `(B,)`. Absolute position of query 0,
                 for decoding with a cache. Defaults to `0`.
-            variables: optional `{id(leaf): {name: variable}}` standing in
-                for fixed parameters, so a layer can schedule them.
+            variables: optional `{name: variable}` (see `variable_names`)
+                standing in for fixed parameters, so a layer can schedule
+                them.
             **inputs: per-example tensors named in `PATTERN_INPUTS`.
 
         Returns:
@@ -87,8 +119,8 @@ class Pattern:
 
     def _value(self, inputs, name):
         """A parameter: the variable a layer holds for it, or the int."""
-        held = inputs.get("_variables", {}).get(id(self), {})
-        return held.get(name, getattr(self, name))
+        held = inputs.get("_variables", {})
+        return held.get(self.variable_names()[name], getattr(self, name))
 
     def get_config(self):
         return {}
@@ -124,6 +156,56 @@ class Pattern:
         return f"parse_pattern({str(self)!r})"
 
 
+_NAME = re.compile(r"[A-Za-z_]\w*\Z")
+
+
+def _check_name(name):
+    if name is not None and not (isinstance(name, str) and _NAME.match(name)):
+        raise ValueError(
+            "name must be an identifier (letters, digits and _, not "
+            f"starting with a digit), received name={name!r}"
+        )
+    return name
+
+
+class _Word(Pattern):
+    """A word with int parameters, which a layer holds in variables; an
+    optional `name` names them (`window(2, name=local)`)."""
+
+    _word = None
+
+    def _numbers(self):
+        """The ints the word's text shows, in order."""
+        raise NotImplementedError
+
+    def variable_names(self):
+        if not self.parameters():
+            return {}
+        prefix = self.name or "_".join(
+            [self._word, *(str(n) for n in self._numbers())]
+        )
+        return {key: f"{prefix}_{key}" for key in self.parameters()}
+
+    def _held(self, values, key):
+        """A parameter's value for `hides_future`: given, or the int."""
+        name = self.variable_names().get(key)
+        return int(values.get(name, getattr(self, key)))
+
+    def get_config(self):
+        config = {key: getattr(self, key) for key in self._config_keys}
+        if self.name is not None:
+            config["name"] = self.name
+        return config
+
+    def __str__(self):
+        numbers = [str(n) for n in self._numbers()]
+        if self.name is not None:
+            numbers.append(f"name={self.name}")
+        if not numbers:
+            return self._word
+        return f"{self._word}({', '.join(numbers)})"
+
+
 def _check_pattern(name, value):
     if not isinstance(value, Pattern):
         raise ValueError(
@@ -140,6 +222,9 @@ class Causal(Pattern):
     def _mask(self, query_length, key_length, offset, inputs):
         return masks.causal_mask(query_length, key_length, offset)
 
+    def _future(self, values):
+        return True, False
+
     def __str__(self):
         return "causal"
 
@@ -150,6 +235,9 @@ class Backward(Pattern):
 
     def _mask(self, query_length, key_length, offset, inputs):
         return masks.backward_mask(query_length, key_length, offset)
+
+    def _future(self, values):
+        return False, True
 
     def __str__(self):
         return "backward"
@@ -162,64 +250,82 @@ class Bidirectional(Pattern):
     def _mask(self, query_length, key_length, offset, inputs):
         return masks.bidirectional_mask(query_length, key_length, offset)
 
+    def _future(self, values):
+        return False, True
+
     def __str__(self):
         return "bidirectional"
 
 
 @_register
-class Window(Pattern):
+class Window(_Word):
     """Query `i` sees key `j` iff `i - left <= j <= i + right`.
 
     Args:
         left: int >= 0. Keys visible before the query.
         right: int >= 0. Keys visible after it. Defaults to `left`.
+        name: optional identifier naming the variables a layer holds for
+            `left` and `right` (`NAME_left`, `NAME_right`).
     """
 
-    def __init__(self, left, right=None):
+    _word = "window"
+    _config_keys = ("left", "right")
+
+    def __init__(self, left, right=None, name=None):
         self.left = check_int("left", left, minimum=0)
         self.right = self.left if right is None else right
         self.right = check_int("right", self.right, minimum=0)
+        self.name = _check_name(name)
 
     def parameters(self):
         return {"left": self.left, "right": self.right}
+
+    def _numbers(self):
+        if self.left == self.right:
+            return (self.left,)
+        return (self.left, self.right)
 
     def _mask(self, query_length, key_length, offset, inputs):
         return masks.window_mask(
             self._value(inputs, "left"),
             self._value(inputs, "right"),
-            query_length,
-            key_length,
-            offset,
+            query_length=query_length,
+            key_length=key_length,
+            offset=offset,
         )
 
-    def get_config(self):
-        return {"left": self.left, "right": self.right}
-
-    def __str__(self):
-        if self.left == self.right:
-            return f"window({self.left})"
-        return f"window({self.left}, {self.right})"
+    def _future(self, values):
+        return self._held(values, "right") == 0, False
 
 
 @_register
-class Prefix(Pattern):
+class Prefix(_Word):
     """Every query sees key `j` iff `j < P`.
 
     Args:
         length: int >= 0 or `None`. A fixed `P`; `None` reads the
             per-example input `prefix_length`. Defaults to `None`.
+        name: optional identifier naming the variable a layer holds for a
+            fixed `length` (`NAME_length`).
     """
 
-    def __init__(self, length=None):
+    _word = "prefix"
+    _config_keys = ("length",)
+
+    def __init__(self, length=None, name=None):
         if length is not None:
             length = check_int("length", length, minimum=0)
         self.length = length
+        self.name = _check_name(name)
 
     def required_inputs(self):
         return frozenset() if self.length is not None else {"prefix_length"}
 
     def parameters(self):
         return {} if self.length is None else {"length": self.length}
+
+    def _numbers(self):
+        return () if self.length is None else (self.length,)
 
     def _mask(self, query_length, key_length, offset, inputs):
         if self.length is None:
@@ -228,11 +334,10 @@ class Prefix(Pattern):
             length = self._value(inputs, "length")
         return masks.prefix_mask(length, query_length, key_length, offset)
 
-    def get_config(self):
-        return {"length": self.length}
-
-    def __str__(self):
-        return "prefix" if self.length is None else f"prefix({self.length})"
+    def _future(self, values):
+        # Keys before 1 are never later than any query.
+        fixed = self.length is not None
+        return fixed and self._held(values, "length") <= 1, False
 
 
 @_register
@@ -247,21 +352,29 @@ class Segment(Pattern):
             inputs["segment_ids"], inputs.get("key_segment_ids")
         )
 
+    def _future(self, values):
+        return False, False
+
     def __str__(self):
         return "segment"
 
 
 @_register
-class Span(Pattern):
+class Span(_Word):
     """Every query sees key `j` iff `position <= j < position + length`.
 
     Args:
         length: int >= 0 or `None`. `LEN`; `None` reads `span_length`.
         position: int >= 0 or `None`. `POS`; `None` reads `span_position`.
             Give both or neither. Both default to `None`.
+        name: optional identifier naming the variables a layer holds for
+            fixed values (`NAME_length`, `NAME_position`).
     """
 
-    def __init__(self, length=None, position=None):
+    _word = "span"
+    _config_keys = ("length", "position")
+
+    def __init__(self, length=None, position=None, name=None):
         if (length is None) != (position is None):
             raise ValueError(
                 "Span needs both length and position, or neither (to read "
@@ -273,6 +386,7 @@ class Span(Pattern):
             position = check_int("position", position, minimum=0)
         self.length = length
         self.position = position
+        self.name = _check_name(name)
 
     def required_inputs(self):
         if self.length is not None:
@@ -283,6 +397,11 @@ class Span(Pattern):
         if self.length is None:
             return {}
         return {"length": self.length, "position": self.position}
+
+    def _numbers(self):
+        if self.length is None:
+            return ()
+        return (self.length, self.position)
 
     def _mask(self, query_length, key_length, offset, inputs):
         if self.length is None:
@@ -295,13 +414,9 @@ class Span(Pattern):
             length, position, query_length, key_length, offset
         )
 
-    def get_config(self):
-        return {"length": self.length, "position": self.position}
-
-    def __str__(self):
-        if self.length is None:
-            return "span"
-        return f"span({self.length}, {self.position})"
+    def _future(self, values):
+        fixed = self.length is not None
+        return fixed and self._held(values, "length") == 0, False
 
 
 class _Combination(Pattern):
@@ -330,6 +445,12 @@ class _Combination(Pattern):
 
     def leaves(self):
         return tuple(leaf for p in self.patterns for leaf in p.leaves())
+
+    def _future(self, values):
+        found = [p._future(values) for p in self.patterns]
+        never, always = zip(*found, strict=True)
+        on_never, on_always = self._quantifiers
+        return on_never(never), on_always(always)
 
     def _mask(self, query_length, key_length, offset, inputs):
         result = None
@@ -371,6 +492,8 @@ class And(_Combination):
     _symbol = "&"
     _precedence = 2
     _combine = staticmethod(keras.ops.logical_and)
+    # A later key is hidden if any part hides it, shown if all show it.
+    _quantifiers = (any, all)
 
 
 @_register
@@ -380,6 +503,7 @@ class Or(_Combination):
     _symbol = "|"
     _precedence = 1
     _combine = staticmethod(keras.ops.logical_or)
+    _quantifiers = (all, any)
 
 
 @_register
@@ -394,6 +518,10 @@ class Not(Pattern):
 
     def leaves(self):
         return self.pattern.leaves()
+
+    def _future(self, values):
+        never, always = self.pattern._future(values)
+        return always, never
 
     def _mask(self, query_length, key_length, offset, inputs):
         return keras.ops.logical_not(

@@ -202,3 +202,87 @@ def test_a_block_with_an_explicit_mask_equals_its_pattern():
     assert (
         np.abs(np.asarray(explicit(x)) - np.asarray(by_pattern(x))).max() > 1e-4
     )
+
+
+def test_a_mask_of_shape_t_by_s_applies_to_every_example():
+    """Stock Keras accepts a `(T, S)` mask; so do we, with any pattern."""
+    x = np.random.default_rng(8).normal(size=(2, 4, 8)).astype("float32")
+    explicit = np.asarray(kd.window_mask(0, 0, query_length=4))[0]
+    for pattern in ("bidirectional", "causal"):
+        layer = kd.MultiHeadAttention(2, 4, pattern=pattern)
+        _, weights = layer(
+            x, x, attention_mask=explicit, return_attention_scores=True
+        )
+        np.testing.assert_allclose(
+            np.asarray(weights), np.broadcast_to(np.eye(4), (2, 2, 4, 4)), 1e-6
+        )
+    with pytest.raises(ValueError, match=r"attention_mask.*shape \(4,\)"):
+        layer(x, x, attention_mask=np.ones(4, bool))
+
+
+def test_a_cache_needs_its_index_and_an_index_needs_a_cache():
+    x = np.zeros((1, 1, 8), "float32")
+    layer = kd.MultiHeadAttention(2, 4, pattern="causal")
+    cache = np.zeros((1, 2, 3, 2, 4), "float32")
+    with pytest.raises(ValueError, match="cache_index=None"):
+        layer(x, x, cache=cache)
+    with pytest.raises(ValueError, match="cache_index=2, cache=None"):
+        layer(x, x, cache_index=2)
+    block = kd.TransformerBlock(2, 16, pattern="causal")
+    with pytest.raises(ValueError, match="cache_index=None"):
+        block(x, cache=cache)
+
+
+def test_a_block_without_cross_attention_refuses_a_context():
+    x = np.zeros((1, 3, 8), "float32")
+    with pytest.raises(ValueError, match="cross_attention=False"):
+        kd.TransformerBlock(2, 16)(x, context=x)
+
+
+def test_a_shared_word_is_one_variable_named_after_it():
+    """`w & (w | prefix(1))`: one variable pair, which changes the mask."""
+    w = kd.Window(1)
+    layer = kd.AttentionMask(kd.Causal() & w & (w | kd.Prefix(1)))
+    assert sorted(layer.pattern_variables) == [
+        "prefix_1_length",
+        "window_1_left",
+        "window_1_right",
+    ]
+    x = np.zeros((1, 5, 2), "float32")
+    before = np.asarray(layer(x)).sum()
+    layer.pattern_variables["window_1_left"].assign(4)
+    assert np.asarray(layer(x)).sum() > before
+
+
+def test_variable_names_do_not_depend_on_the_order_of_words():
+    one = kd.MultiHeadAttention(
+        2, 4, pattern="window(3, 0) | causal & window(1)"
+    )
+    two = kd.MultiHeadAttention(
+        2, 4, pattern="window(1) & causal | window(3, 0)"
+    )
+    assert list(one.pattern_variables) == list(two.pattern_variables)
+    assert [int(v.numpy()) for v in one.non_trainable_weights] == [
+        int(v.numpy()) for v in two.non_trainable_weights
+    ]
+    with pytest.raises(ValueError, match="one variable 'w_left'"):
+        kd.AttentionMask("window(1, name=w) | window(2, name=w)")
+
+
+def test_a_named_window_checkpoint_binds_to_the_same_word(tmp_path):
+    ids = keras.Input((None,), dtype="int32")
+    x = kd.TokenEmbedding(VOCABULARY, 8)(ids)
+    layer = kd.MultiHeadAttention(
+        2, 4, pattern="causal & window(1, name=near) | window(2, 0, name=far)"
+    )
+    model = keras.Model(ids, layer(x, x))
+    layer.pattern_variables["near_left"].assign(3)
+    model.save_weights(tmp_path / "w.weights.h5")
+    # The same words, in another order.
+    reordered = kd.MultiHeadAttention(
+        2, 4, pattern="window(2, 0, name=far) | window(1, name=near) & causal"
+    )
+    model2 = keras.Model(ids, reordered(x, x))
+    model2.load_weights(tmp_path / "w.weights.h5")
+    assert int(reordered.pattern_variables["near_left"].numpy()) == 3
+    assert int(reordered.pattern_variables["far_left"].numpy()) == 2

@@ -206,8 +206,8 @@ def test_window_variables_may_widen_during_training(block_calls):
     fast, dense = _pair("causal & window(2)", block_size=4)
     x = np.random.default_rng(2).normal(size=(1, 120, 8)).astype("float32")
     for layer in (fast, dense):
-        layer.pattern_variables["window_1_left"].assign(17)
-        layer.pattern_variables["window_1_right"].assign(17)
+        layer.pattern_variables["window_2_left"].assign(17)
+        layer.pattern_variables["window_2_right"].assign(17)
     np.testing.assert_allclose(fast(x, x), dense(x, x), atol=1e-5)
     assert block_calls
 

@@ -199,3 +199,31 @@ def test_masked_lm_saves_and_loads(tmp_path):
     got = loaded.predict(query, verbose=0)
     np.testing.assert_allclose(got["logits"], want["logits"], atol=1e-6)
     assert loaded.masking.get_config() == model.masking.get_config()
+
+
+def test_masked_lm_loss_takes_sample_weights_and_regularization():
+    model = _masked_lm()
+    ids = _topic_rows(4, 5)
+    outputs = model(ids, training=True)
+    plain = float(model.compute_loss(y_pred=outputs))
+    doubled = model.compute_loss(y_pred=outputs, sample_weight=np.full(4, 2.0))
+    np.testing.assert_allclose(float(doubled), 2 * plain, rtol=1e-6)
+    # A row with weight 0 adds nothing; the mean stays over every selection.
+    weights = np.asarray(outputs["mask_weights"])
+    only_first = float(
+        model.compute_loss(y_pred=outputs, sample_weight=[1.0, 0, 0, 0])
+    )
+    losses = np.asarray(
+        keras.losses.sparse_categorical_crossentropy(
+            outputs["mask_ids"], outputs["logits"], from_logits=True
+        )
+    )
+    np.testing.assert_allclose(
+        only_first, (losses[0] * weights[0]).sum() / weights.sum(), rtol=1e-5
+    )
+    # Regularization losses are added, as Keras' own compute_loss does.
+    model.transform.kernel.regularizer = keras.regularizers.L2(0.5)
+    penalty = float(sum(np.asarray(term) for term in model.losses))
+    assert penalty > 0
+    regularized = float(model.compute_loss(y_pred=outputs))
+    np.testing.assert_allclose(regularized, plain + penalty, rtol=1e-5)

@@ -175,6 +175,12 @@ _LEAVES = (
         ]
     )
     | st.builds(patterns.Window, st.integers(0, 4), st.integers(0, 4))
+    | st.builds(
+        patterns.Window,
+        st.integers(0, 4),
+        st.integers(0, 1),
+        st.sampled_from(["local", "wide"]),
+    )
     | st.builds(patterns.Prefix, st.integers(0, 6))
     | st.builds(patterns.Span, st.integers(0, 6), st.integers(0, 6))
 )
@@ -213,6 +219,9 @@ def test_random_compositions_equal_oracle(
     got = np.broadcast_to(np.asarray(got), (2, query_length, key_length))
     want = oracle_mask(pattern, query_length, key_length, offset, 2, **inputs)
     np.testing.assert_array_equal(got, want, err_msg=str(pattern))
+    future = ~np.asarray(kd.causal_mask(query_length, key_length, offset))
+    if pattern.hides_future():
+        assert not np.any(want & future), str(pattern)
     # The algebra's invariants, on the same batch.
     assert kd.parse_pattern(str(pattern)) == pattern
     assert np.array_equal(
@@ -322,3 +331,96 @@ def test_bad_pad_id_and_token_ids():
         kd.PaddingMask(pad_id="0")
     with pytest.raises(ValueError, match="token_ids with dtype float32"):
         kd.padding_mask(np.zeros((1, 2), "float32"))
+
+
+@pytest.mark.parametrize(
+    "text, hidden",
+    [
+        ("causal", True),
+        ("~backward", True),
+        ("causal & window(2)", True),
+        ("window(3, 0)", True),
+        ("causal | prefix(1)", True),
+        ("~~causal", True),
+        ("~(backward | segment)", True),
+        ("causal & span", True),
+        ("causal | ~window(20)", False),
+        ("causal | prefix(2)", False),
+        ("causal | prefix", False),
+        ("window(3, 1)", False),
+        ("~causal", False),
+        ("~window(1, 0)", False),
+        ("segment", False),
+        ("bidirectional", False),
+    ],
+)
+def test_hides_future_is_decided_from_the_words(text, hidden):
+    pattern = kd.parse_pattern(text)
+    assert pattern.hides_future() is hidden
+    if hidden:  # a guarantee: at no length is a later key visible
+        for length in (1, 5, 40):
+            inputs = {
+                "segment_ids": np.zeros((1, length), "int32"),
+                "span_length": np.array([length]),
+                "span_position": np.array([0]),
+                "prefix_length": np.array([length]),
+            }
+            mask = np.asarray(pattern.mask(length, length, 0, **inputs))
+            assert not np.triu(mask[0], k=1).any()
+
+
+def test_hides_future_reads_a_held_window_value():
+    pattern = kd.parse_pattern("window(3, 0)")
+    assert pattern.hides_future({"window_3_0_right": 0})
+    assert not pattern.hides_future({"window_3_0_right": 2})
+
+
+@pytest.mark.parametrize(
+    "text, names",
+    [
+        ("window(2)", ["window_2_left", "window_2_right"]),
+        ("window(2, 1)", ["window_2_1_left", "window_2_1_right"]),
+        ("window(2, name=local)", ["local_left", "local_right"]),
+        ("prefix(3)", ["prefix_3_length"]),
+        ("span(2, 1)", ["span_2_1_length", "span_2_1_position"]),
+        ("prefix", []),
+        ("causal", []),
+    ],
+)
+def test_variable_names_come_from_the_word(text, names):
+    (leaf,) = kd.parse_pattern(text).leaves()
+    assert sorted(leaf.variable_names().values()) == names
+
+
+def test_named_words_print_parse_and_serialize():
+    pattern = patterns.Causal() & patterns.Window(2, 1, name="local")
+    assert str(pattern) == "causal & window(2, 1, name=local)"
+    assert kd.parse_pattern(str(pattern)) == pattern
+    assert kd.parse_pattern("window(2, name=a)") != kd.parse_pattern(
+        "window(2, name=b)"
+    )
+    config = keras.saving.serialize_keras_object(pattern)
+    again = keras.saving.deserialize_keras_object(
+        json.loads(json.dumps(config)), safe_mode=True
+    )
+    assert again == pattern
+    with pytest.raises(ValueError, match=r"name='2x'"):
+        patterns.Window(1, name="2x")
+    with pytest.raises(ValueError, match="causal takes no name"):
+        kd.parse_pattern("causal(name=x)")
+    with pytest.raises(ValueError, match="expected a name"):
+        kd.parse_pattern("window(1, name=3)")
+
+
+def test_every_mask_function_needs_its_query_length():
+    """One rule: no function guesses `T` (window_mask once gave 1 x 1)."""
+    for function, arguments in [
+        (kd.causal_mask, ()),
+        (kd.backward_mask, ()),
+        (kd.bidirectional_mask, ()),
+        (kd.window_mask, (2,)),
+        (kd.prefix_mask, (1,)),
+        (kd.span_mask, (1, 0)),
+    ]:
+        with pytest.raises(TypeError, match="query_length"):
+            function(*arguments)

@@ -54,7 +54,7 @@ def test_selection_rate_and_window_change_during_fit_traced_once():
     model.compile(optimizer="adam")
     block = encoder.get_layer("block_0")
     window = block.pattern_variables
-    assert sorted(window) == ["window_0_left", "window_0_right"]
+    assert sorted(window) == ["window_1_left", "window_1_right"]
 
     rates, widths = [0.1, 0.3, 0.5], [1, 2, 4]
     seen = []
@@ -94,7 +94,7 @@ def test_selection_rate_and_window_change_during_fit_traced_once():
     # ceil(rate * 12 candidates) tokens drawn; 2 * width + 1 keys visible.
     assert [s[0] for s in seen] == [[2, 2], [4, 4], [6, 6]]
     assert [s[1] for s in seen] == [3, 5, 9]
-    assert int(window["window_0_left"].numpy()) == 4
+    assert int(window["window_1_left"].numpy()) == 4
 
 
 def test_linear_schedule_and_bad_arguments():

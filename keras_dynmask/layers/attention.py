@@ -48,6 +48,19 @@ def write_cache(cache, new, index):
     return ops.where(touched, written, cache)
 
 
+def _given_mask(attention_mask):
+    """A caller's `attention_mask` as bool `(B|1, T, S)`."""
+    given = ops.cast(attention_mask, "bool")
+    if len(given.shape) == 2:  # (T, S): one mask for every example
+        return ops.expand_dims(given, 0)
+    if len(given.shape) != 3:
+        raise ValueError(
+            "attention_mask must have shape (T, S) or (B, T, S), received "
+            f"shape {tuple(attention_mask.shape)}"
+        )
+    return given
+
+
 @_register
 class MultiHeadAttention(keras.layers.Layer):
     """Multi-head attention whose mask is rebuilt for every batch.
@@ -59,8 +72,10 @@ class MultiHeadAttention(keras.layers.Layer):
     masks of its inputs, so residual connections keep their mask.
 
     The pattern's int parameters live in the non-trainable variables of
-    `pattern_variables` (`{"window_0_left": ..., "window_0_right": ...}`),
-    which a callback may change during training without retracing.
+    `pattern_variables`, named after their word (`{"window_3_left": ...,
+    "window_3_right": ...}` for `window(3)`, `"local_left"` for
+    `window(3, name=local)`), which a callback may change during training
+    without retracing.
 
     A query row with no visible key (a padding position, or a pattern that
     hides every key) returns zeros: its attention weights are set to zero
@@ -100,7 +115,8 @@ class MultiHeadAttention(keras.layers.Layer):
         key: tensor `(B, S, Dk)`. Defaults to `value`.
         query_mask, value_mask, key_mask: bool `(B, T)` / `(B, S)`; filled
             from the propagated masks when not given.
-        attention_mask: bool `(B, T, S)`, ANDed with everything else.
+        attention_mask: bool `(B, T, S)` or `(T, S)` (the same for every
+            example), ANDed with everything else.
         segment_ids, key_segment_ids, prefix_length, span_length,
             span_position: per-example inputs the pattern reads.
         offset: int or int tensor `(B,)`. Absolute position of query 0.
@@ -112,8 +128,9 @@ class MultiHeadAttention(keras.layers.Layer):
             `S` cached positions under the pattern, and the updated cache
             is returned. Needs `key_dim == value_dim`.
         cache_index: int or int tensor `(B,)`. Absolute position of query
-            0 when `cache` is given (each row may be at its own position);
-            it is the pattern's offset. With a cache, `value_mask` (the new
+            0, required with `cache` (each row may be at its own position;
+            `0` for a prompt written from the start); it is the pattern's
+            offset. With a cache, `value_mask` (the new
             tokens') is not a key mask; `key_mask`, if given, covers the
             `S` cached positions. Defaults to `0`.
         training: bool. Enables dropout.
@@ -158,9 +175,7 @@ class MultiHeadAttention(keras.layers.Layer):
         self.dropout = check_fraction("dropout", dropout)
         self.use_bias = bool(use_bias)
         self.pattern = as_pattern(pattern)
-        self.pattern_variables, self._by_leaf = pattern_variables(
-            self, self.pattern
-        )
+        self.pattern_variables = pattern_variables(self, self.pattern)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.bias_initializer = keras.initializers.get(bias_initializer)
         if block_size is not None:
@@ -226,19 +241,24 @@ class MultiHeadAttention(keras.layers.Layer):
         span_position=None,
         offset=0,
         cache=None,
-        cache_index=0,
+        cache_index=None,
         training=None,
         return_attention_scores=False,
     ):
         key = value if key is None else key
         if cache is None:
             key_mask = value_mask if key_mask is None else key_mask
+            if cache_index is not None:
+                raise ValueError(
+                    "cache_index places new keys in a cache: pass cache= "
+                    f"too, received cache_index={cache_index!r}, cache=None"
+                )
         # The mask is applied below; the projections need not see it.
         query_heads = self._query_dense(without_mask(query))
         key_heads = self._key_dense(without_mask(key))
         value_heads = self._value_dense(without_mask(value))
         if cache is not None:
-            cache = self._check_cache(cache, offset)
+            cache = self._check_cache(cache, cache_index, offset)
             cache = ops.stack(
                 [
                     write_cache(cache[:, 0], key_heads, cache_index),
@@ -263,7 +283,7 @@ class MultiHeadAttention(keras.layers.Layer):
                 query_mask,
                 key_mask,
                 offset,
-                variables=self._by_leaf,
+                variables=self.pattern_variables,
                 segment_ids=segment_ids,
                 key_segment_ids=key_segment_ids,
                 prefix_length=prefix_length,
@@ -271,7 +291,7 @@ class MultiHeadAttention(keras.layers.Layer):
                 span_position=span_position,
             )
             if attention_mask is not None:
-                given = ops.cast(attention_mask, "bool")
+                given = _given_mask(attention_mask)
                 mask = given if mask is None else ops.logical_and(mask, given)
             return softmax_attention(
                 query_heads, key_heads, value_heads, mask, dropout
@@ -298,7 +318,7 @@ class MultiHeadAttention(keras.layers.Layer):
                     value_heads,
                     self.pattern,
                     self.block_size,
-                    variables=self._by_leaf,
+                    variables=self.pattern_variables,
                     query_mask=query_mask,
                     key_mask=key_mask,
                     segment_ids=segment_ids,
@@ -306,7 +326,7 @@ class MultiHeadAttention(keras.layers.Layer):
                 )
 
             before, after = blockwise.key_blocks(
-                self.pattern, self._by_leaf, self.block_size
+                self.pattern, self.pattern_variables, self.block_size
             )
             # Blocks pay once each query block reads at most half the
             # sequence (window 256, blocks of 128: 0.92x dense's speed at
@@ -362,7 +382,7 @@ class MultiHeadAttention(keras.layers.Layer):
             and len(lengths) <= 1
         )
 
-    def _check_cache(self, cache, offset):
+    def _check_cache(self, cache, cache_index, offset):
         expected = (2, None, self.num_heads, self.key_dim)
         if len(cache.shape) != 5 or any(
             want is not None and got is not None and want != got
@@ -378,6 +398,12 @@ class MultiHeadAttention(keras.layers.Layer):
                 "A cache holds keys and values in one tensor, so it needs "
                 f"value_dim == key_dim; this layer has key_dim={self.key_dim}"
                 f", value_dim={self.value_dim}"
+            )
+        if cache_index is None:
+            raise ValueError(
+                "cache needs cache_index, the position where this call's "
+                "first token goes (0 for a prompt from the start), "
+                "received cache_index=None"
             )
         if not (isinstance(offset, int) and offset == 0):
             raise ValueError(

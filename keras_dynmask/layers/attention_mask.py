@@ -15,27 +15,39 @@ def pattern_variables(layer, pattern):
 
     A callback may assign them during `model.fit` (a window that widens, a
     span that moves) without retracing; saved models keep their values and
-    exported graphs read them.
+    exported graphs read them. Each is named after its word, not its place
+    in the pattern (`Pattern.variable_names`): `window(2)` gives
+    `window_2_left` and `window_2_right`, `window(2, name=local)` gives
+    `local_left` and `local_right`; equal words share one variable.
 
     Returns:
-        `(named, by_leaf)`: `{"window_0_left": variable, ...}` for users,
-        and `{id(leaf): {"left": variable}}` for `Pattern.mask`.
+        `{name: variable}`, created in sorted name order.
+
+    Raises:
+        ValueError: when two different words would share a name.
     """
-    named, by_leaf = {}, {}
-    for index, leaf in enumerate(pattern.leaves()):
-        for name, value in leaf.parameters().items():
-            word = str(leaf).split("(")[0]
-            key = f"{word}_{index}_{name}"
-            variable = layer.add_weight(
-                shape=(),
-                dtype="int32",
-                initializer=keras.initializers.Constant(value),
-                trainable=False,
-                name=key,
-            )
-            named[key] = variable
-            by_leaf.setdefault(id(leaf), {})[name] = variable
-    return named, by_leaf
+    values, owners = {}, {}
+    for leaf in pattern.leaves():
+        for key, name in leaf.variable_names().items():
+            if name in owners and owners[name] != leaf:
+                raise ValueError(
+                    f"Two words of pattern '{pattern}' would hold their "
+                    f"parameters in one variable {name!r}: "
+                    f"'{owners[name]}' and '{leaf}'; give them different "
+                    "names"
+                )
+            owners[name] = leaf
+            values[name] = leaf.parameters()[key]
+    return {
+        name: layer.add_weight(
+            shape=(),
+            dtype="int32",
+            initializer=keras.initializers.Constant(values[name]),
+            trainable=False,
+            name=name,
+        )
+        for name in sorted(values)
+    }
 
 
 def call_attention_mask(
@@ -57,7 +69,7 @@ def call_attention_mask(
         query_mask: bool `(B, T)` or `None`.
         key_mask: bool `(B, S)` or `None`.
         offset: int or int tensor `(B,)`. Absolute position of query 0.
-        variables: from `pattern_variables`, or `None`.
+        variables: `{name: variable}` from `pattern_variables`, or `None`.
         **inputs: per-example pattern inputs; `None` values are ignored.
 
     Returns:
@@ -104,8 +116,9 @@ class AttentionMask(keras.layers.Layer):
     its output carries no mask.
 
     The pattern's int parameters (window sizes, fixed spans and prefixes)
-    live in the non-trainable variables of `pattern_variables` (named like
-    `"window_0_left"`), which a callback may change during training.
+    live in the non-trainable variables of `pattern_variables` (named after
+    their word, like `"window_3_left"`), which a callback may change during
+    training.
 
     Args:
         pattern: `Pattern` or pattern text, e.g. `"causal & window(3)"`.
@@ -137,9 +150,7 @@ class AttentionMask(keras.layers.Layer):
     def __init__(self, pattern="bidirectional", **kwargs):
         super().__init__(**kwargs)
         self.pattern = as_pattern(pattern)
-        self.pattern_variables, self._by_leaf = pattern_variables(
-            self, self.pattern
-        )
+        self.pattern_variables = pattern_variables(self, self.pattern)
 
     def call(
         self,
@@ -168,7 +179,7 @@ class AttentionMask(keras.layers.Layer):
             query_mask,
             key_mask,
             offset,
-            variables=self._by_leaf,
+            variables=self.pattern_variables,
             segment_ids=segment_ids,
             key_segment_ids=key_segment_ids,
             prefix_length=prefix_length,

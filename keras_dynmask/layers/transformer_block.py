@@ -63,7 +63,7 @@ class TransformerBlock(keras.layers.Layer):
             `MultiHeadAttention`); the block then returns `(outputs, cache)`
             with this call's keys and values written at `cache_index`.
         cache_index: int or int tensor `(B,)`. Position of the first input
-            token when `cache` is given. Defaults to `0`.
+            token; required with `cache`.
         training: bool. Enables dropout.
 
     Returns:
@@ -190,7 +190,7 @@ class TransformerBlock(keras.layers.Layer):
         span_position=None,
         attention_mask=None,
         cache=None,
-        cache_index=0,
+        cache_index=None,
         mask=None,
         inputs_mask=None,
         context_mask=None,
@@ -203,6 +203,12 @@ class TransformerBlock(keras.layers.Layer):
             raise ValueError(
                 "This block has cross_attention=True: call it with "
                 "context=<encoder output>, received context=None"
+            )
+        if not self.cross_attention and context is not None:
+            raise ValueError(
+                "This block has cross_attention=False, so it would ignore "
+                "the context it was given: build it with "
+                "cross_attention=True, or call it without context"
             )
 
         updated = []
