@@ -7,7 +7,6 @@ import numpy as np
 import tensorflow as tf
 
 from keras_dynmask import _random
-from keras_dynmask import masked_lm
 from keras_dynmask._checks import check_int
 
 
@@ -85,8 +84,12 @@ def batched(sequences, batch_size, pad_id=0, seed=None, boundaries=None):
 def mask_tokens_dataset(dataset, masking, seed=None):
     """Applies masked-LM masking to a dataset of token-id batches.
 
-    The same rules as the `TokenMasking` layer (the layer carries the
-    settings), run by tf.data on the CPU instead of inside the model. Each
+    The `TokenMasking` layer's own rules (`TokenMasking.mask_with_keys`),
+    run by tf.data on the CPU instead of inside the model; the layer's
+    `selection_rate_variable` is read at every batch, so a
+    `VariableSchedule` with `per="epoch"` changes the pipeline's masks too
+    (with `per="batch"`, a change reaches batches already prefetched one
+    prefetch late). Each
     batch gets its keys from `tf.data.Dataset.random(seed,
     rerandomize_each_iteration=True)`, so the masks are a function of (seed,
     epoch, batch, row): every epoch differs and a rerun reproduces exactly.
@@ -114,37 +117,20 @@ def mask_tokens_dataset(dataset, masking, seed=None):
     """
     seed = masking.seed if seed is None else seed
     draws = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
-    unselectable = tf.constant(masking.unselectable_ids or [-1], tf.int32)
-    drawable = tf.constant(masking._drawable_ids)
-    rate = float(masking.selection_rate_variable.numpy())
 
     # XLA fuses the many small integer ops of the masking into a few
     # kernels: about twice as fast on the CPU as running them one by one.
+    # The layer's variables (the selection rate) are read at each batch.
     @tf.function(jit_compile=True)
     def mask(token_ids, draw, word_starts):
-        valid = tf.ones_like(token_ids, tf.bool)
-        if masking.pad_id is not None:
-            valid = tf.not_equal(token_ids, masking.pad_id)
         rows = tf.range(tf.shape(token_ids)[0], dtype=tf.int64)
         keys = _random.combine(tf.math.floormod(draw, 2**62), rows)
-        if masking.static:
-            keys = masked_lm.static_keys(
-                keys, seed, token_ids, valid, masking.dupe_factor
-            )
-        return masked_lm.mask_tokens(
+        return masking.mask_with_keys(
             token_ids,
             keys,
-            valid,
-            unselectable,
-            masking.mask_token_id,
-            rate,
-            masking.mask_token_rate,
-            masking.random_token_rate,
-            masking.max_selections,
-            drawable,
-            count=masking.count,
-            word_starts=word_starts,
-            spans=masking.spans,
+            masking.valid_positions(token_ids),
+            word_starts,
+            seed=seed,
         )
 
     def apply(element, draw):

@@ -74,3 +74,28 @@ def test_dataset_static_masking_repeats_across_epochs():
     for epoch in _epochs(dataset, 4):
         seen.update(row.tobytes() for row in epoch[0]["mask"])
     assert len(seen) <= 2
+
+
+def test_a_schedule_changes_the_rate_in_the_pipeline():
+    """The pipeline reads the layer's rate variable at every batch, so a
+    per-epoch `VariableSchedule` reaches it as `model.fit` drives it
+    (`on_epoch_begin`, then a new pass over the dataset)."""
+    ids = _batch(rows=64, seed=2)
+    masking = _layer(selection_rate=0.1, max_selections=48)
+    schedule = kd.schedules.VariableSchedule(
+        masking.selection_rate_variable,
+        [0.1, 0.3, 0.5].__getitem__,
+        per="epoch",
+    )
+    dataset = mask_tokens_dataset(
+        tf.data.Dataset.from_tensor_slices(ids).batch(16), masking
+    )
+    candidates = ((ids != PAD) & ~np.isin(ids, SPECIAL)).sum(1)
+    for epoch, rate in enumerate([0.1, 0.3, 0.5]):
+        schedule.on_epoch_begin(epoch)
+        selected = np.concatenate(
+            [batch["mask"].numpy() for batch in dataset]
+        ).sum(1)
+        np.testing.assert_array_equal(
+            selected, np.ceil(np.round(candidates * rate, 6))
+        )

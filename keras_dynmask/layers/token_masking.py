@@ -219,9 +219,7 @@ class TokenMasking(keras.layers.Layer):
         # Keras fills `mask` for a lone tensor, `token_ids_mask` otherwise.
         incoming = token_ids_mask if token_ids_mask is not None else mask
         token_ids = check_integer_tensor("token_ids", token_ids, ranks=(2,))
-        valid = ops.ones_like(token_ids, dtype="bool")
-        if self.pad_id is not None:
-            valid = ops.not_equal(token_ids, self.pad_id)
+        valid = self.valid_positions(token_ids)
         if incoming is not None:
             valid = ops.logical_and(valid, ops.cast(incoming, "bool"))
 
@@ -231,24 +229,64 @@ class TokenMasking(keras.layers.Layer):
             )
             outputs["token_ids"] = ops.copy(token_ids)
         else:
-            outputs = masked_lm.mask_tokens(
-                token_ids,
-                self._row_keys(token_ids, valid),
-                valid,
-                ops.convert_to_tensor(self.unselectable_ids or [-1], "int32"),
-                self.mask_token_id,
-                self.selection_rate_variable,
-                self.mask_token_rate,
-                self.random_token_rate,
-                self.max_selections,
-                ops.convert_to_tensor(self._drawable_ids),
-                count=self.count,
-                word_starts=word_starts,
-                spans=self.spans,
+            keys = _random.row_keys(
+                self.seed, self.step, ops.shape(token_ids)[0]
             )
+            keys = _random.combine(keys, replica_id())
+            outputs = self.mask_with_keys(token_ids, keys, valid, word_starts)
             self.step.assign_add(1)
         set_keras_mask(outputs["token_ids"], valid)
         return outputs
+
+    def valid_positions(self, token_ids):
+        """bool `(B, T)`: the positions that are not `pad_id`."""
+        if self.pad_id is None:
+            return ops.ones_like(token_ids, dtype="bool")
+        return ops.not_equal(token_ids, self.pad_id)
+
+    def mask_with_keys(
+        self, token_ids, keys, valid, word_starts=None, seed=None
+    ):
+        """This layer's masked-LM rules on given random keys.
+
+        The one implementation of the rules, which the layer (keys from
+        its seed and step) and `keras_dynmask.data.mask_tokens_dataset`
+        (keys from tf.data) both call. It reads `selection_rate_variable`
+        when it runs, so a schedule reaches both.
+
+        Args:
+            token_ids: int `(B, T)`.
+            keys: `(B,)` keys from `keras_dynmask._random`, one per row.
+            valid: bool `(B, T)`: positions that may be selected.
+            word_starts: optional bool `(B, T)` for whole-word masking.
+            seed: int for static masks. Defaults to the layer's seed.
+
+        Returns:
+            The dict `call` returns with `training=True`.
+        """
+        if self.static:
+            keys = masked_lm.static_keys(
+                keys,
+                self.seed if seed is None else seed,
+                token_ids,
+                valid,
+                self.dupe_factor,
+            )
+        return masked_lm.mask_tokens(
+            token_ids,
+            keys,
+            valid,
+            ops.convert_to_tensor(self.unselectable_ids or [-1], "int32"),
+            self.mask_token_id,
+            ops.convert_to_tensor(self.selection_rate_variable),
+            self.mask_token_rate,
+            self.random_token_rate,
+            self.max_selections,
+            ops.convert_to_tensor(self._drawable_ids),
+            count=self.count,
+            word_starts=word_starts,
+            spans=self.spans,
+        )
 
     @property
     def spans(self):
@@ -256,16 +294,6 @@ class TokenMasking(keras.layers.Layer):
         if not self.span_masking:
             return None
         return (self.span_p, self.max_span_length)
-
-    def _row_keys(self, token_ids, valid):
-        batch = ops.shape(token_ids)[0]
-        keys = _random.row_keys(self.seed, self.step, batch)
-        keys = _random.combine(keys, replica_id())
-        if self.static:
-            keys = masked_lm.static_keys(
-                keys, self.seed, token_ids, valid, self.dupe_factor
-            )
-        return keys
 
     def compute_mask(self, *args, **kwargs):
         # Attached in `call`; see `_keras_mask` for why none is recorded.
