@@ -95,11 +95,20 @@ def _parser():
         "export",
         help="export a .keras model to a SavedModel and/or TFLite",
         description="Writes a SavedModel in TF Serving's layout (DIR/N/, the "
-        "next free version N) and/or a TFLite file with builtin ops only, "
-        "then prints the largest difference of each from Keras.",
+        "next free version N, or --version N), which loads with TensorFlow "
+        "alone; with a vocabulary, also a raw-text SavedModel in DIR/text/N/ "
+        "(it needs tensorflow_text); and/or a TFLite file with builtin ops "
+        "only. Then prints the largest difference of each from Keras.",
     )
     exporter.add_argument("model", help="a .keras file")
-    exporter.add_argument("--saved-model", help="the model's serving folder")
+    exporter.add_argument(
+        "--saved-model",
+        help="the model's serving folder (TF Serving's base path, the "
+        "folder above the version folders)",
+    )
+    exporter.add_argument(
+        "--version", type=int, help="the SavedModel's version number"
+    )
     exporter.add_argument("--tflite", help="a .tflite file to write")
     exporter.add_argument(
         "--quantization",
@@ -108,20 +117,38 @@ def _parser():
     )
     exporter.add_argument(
         "--vocabulary",
-        help="vocabulary.txt: adds a raw-text signature to the SavedModel "
-        "and calibrates int8 on text (default: beside the model, if any)",
+        help="vocabulary.txt: adds the raw-text SavedModel and calibrates "
+        "int8 on text (default: beside the model, if any)",
     )
 
     predict = commands.add_parser(
         "predict",
-        help="run a SavedModel or TFLite file on text or token ids",
+        help="run a SavedModel, TFLite or .keras model on text or token ids",
+        description="Runs an exported model on one text or one row of ids "
+        "and shows the top guesses: per [MASK] for a masked-LM (as "
+        "fill-mask does), per position for (T, V) logits, or over a "
+        "score vector. A model folder loads its latest version, as TF "
+        "Serving does.",
     )
-    predict.add_argument("artifact", help="a SavedModel folder or .tflite")
+    predict.add_argument(
+        "artifact",
+        help="a SavedModel version folder, a model folder above its "
+        "versions, a .tflite file or a .keras file",
+    )
     source = predict.add_mutually_exclusive_group(required=True)
     source.add_argument("--text", help="text to tokenize")
     source.add_argument("--ids", type=_int_list, help="token ids: 2,45,3")
     predict.add_argument(
         "--vocabulary", help="vocabulary.txt (default: found beside)"
+    )
+    predict.add_argument(
+        "--top-k", type=int, default=5, help="guesses shown (default: 5)"
+    )
+    predict.add_argument(
+        "--json",
+        action="store_true",
+        help='print raw outputs instead: {"token_ids": [[...]], "outputs": '
+        "{name: nested lists, batch first}}",
     )
     return parser
 
@@ -131,6 +158,8 @@ def _show_mask(args, parser):
 
     import keras_dynmask
 
+    if args.png:
+        _check_picture_path(args.png, parser)
     key_length = args.length if args.key_length is None else args.key_length
     if args.length < 1 or key_length < 1:
         parser.error(
@@ -168,12 +197,50 @@ def _show_mask(args, parser):
         save_attention_mask(mask, args.png, title=str(pattern))
 
 
+def _check_picture_path(path, parser):
+    """`--png` must name a file in an existing folder, with an extension
+    matplotlib writes."""
+    import pathlib
+
+    import matplotlib.figure
+
+    path = pathlib.Path(path)
+    kinds = matplotlib.figure.Figure().canvas.get_supported_filetypes()
+    if path.suffix.lstrip(".").lower() not in kinds:
+        parser.error(
+            f"--png {str(path)!r}: unknown picture type {path.suffix!r}; "
+            f"use one of {', '.join('.' + k for k in sorted(kinds))}"
+        )
+    if not path.parent.is_dir():
+        parser.error(
+            f"--png {str(path)!r}: the folder {str(path.parent)!r} does "
+            "not exist"
+        )
+
+
 def main(argv=None):
     parser = _parser()
     args = parser.parse_args(argv)
     from keras_dynmask import _quiet
 
     _quiet.start_devices()
+    try:
+        _run(args, parser)
+    except ValueError as error:
+        parser.error(str(error))
+    except KeyboardInterrupt:
+        resume = (
+            f"; rerun the same command to resume from the last finished "
+            f"epoch (kept in {args.output}/backup)"
+            if args.command == "pretrain"
+            else ""
+        )
+        print(f"\nkeras-dynmask {args.command}: interrupted{resume}.")
+        return 130
+    return 0
+
+
+def _run(args, parser):
     if args.command == "show-mask":
         _show_mask(args, parser)
     elif args.command == "demo":
@@ -184,42 +251,28 @@ def main(argv=None):
         from keras_dynmask import pretraining
         from keras_dynmask.pretraining_defaults import DEFAULTS
 
-        settings = {name: getattr(args, name) for name in DEFAULTS}
-        try:
-            pretraining.pretrain(
-                corpus_path=args.corpus,
-                output=args.output,
-                steps_per_epoch=args.steps_per_epoch,
-                **settings,
-            )
-        except ValueError as error:
-            parser.error(str(error))
+        pretraining.pretrain(
+            corpus_path=args.corpus,
+            output=args.output,
+            steps_per_epoch=args.steps_per_epoch,
+            **{name: getattr(args, name) for name in DEFAULTS},
+        )
     elif args.command == "fill-mask":
         from keras_dynmask import pretraining
 
-        try:
-            model, tokenizer = pretraining.load(args.model)
-            lines = pretraining.fill_mask(
-                model, tokenizer, args.text, top_k=args.top_k
-            )
-        except ValueError as error:
-            parser.error(str(error))
+        model, tokenizer = pretraining.load(args.model)
+        lines = pretraining.fill_mask(
+            model, tokenizer, args.text, top_k=args.top_k
+        )
         print("\n".join(lines))
     elif args.command == "export":
         from keras_dynmask.serving_cli import run_export
 
-        try:
-            run_export(args)
-        except ValueError as error:
-            parser.error(str(error))
+        run_export(args)
     elif args.command == "predict":
         from keras_dynmask.serving_cli import run_predict
 
-        try:
-            run_predict(args)
-        except ValueError as error:
-            parser.error(str(error))
-    return 0
+        run_predict(args)
 
 
 if __name__ == "__main__":

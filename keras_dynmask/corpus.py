@@ -48,9 +48,13 @@ def _docstrings(tree):
                 yield text
 
 
-def read_corpus(path):
+def read_corpus(path, log=print):
     """Documents from a `.txt` file or a folder of them (searched
     recursively, in sorted order); blank lines separate documents.
+
+    Files that are not UTF-8 text (binary data, another encoding) are
+    skipped, each named through `log`, rather than read as replacement
+    characters that would become vocabulary.
 
     Raises:
         ValueError: when the path does not exist or holds no text.
@@ -59,16 +63,25 @@ def read_corpus(path):
     if not path.exists():
         raise ValueError(f"corpus path does not exist: corpus={str(path)!r}")
     files = [path] if path.is_file() else sorted(path.rglob("*.txt"))
-    documents = []
+    documents, skipped = [], []
     for file in files:
-        text = file.read_text(encoding="utf-8", errors="replace")
+        try:
+            text = file.read_text(encoding="utf-8")
+        except UnicodeDecodeError as error:
+            skipped.append(f"{file} (not UTF-8 at byte {error.start})")
+            continue
+        if "\x00" in text:
+            skipped.append(f"{file} (binary: it holds NUL bytes)")
+            continue
         documents.extend(
             block.strip() for block in text.split("\n\n") if block.strip()
         )
+    for line in skipped:
+        log(f"Skipped {line}")
     if not documents:
         where = "file" if path.is_file() else "folder (no .txt files with text)"
         raise ValueError(
-            f"The corpus {where} holds no text: corpus={str(path)!r}"
+            f"The corpus {where} holds no UTF-8 text: corpus={str(path)!r}"
         )
     return documents
 
@@ -82,14 +95,24 @@ def split_documents(documents, held_out_fraction=0.05):
             "held_out_fraction must be in (0, 1), received "
             f"held_out_fraction={held_out_fraction!r}"
         )
-    training, held_out = [], []
-    for document in documents:
-        digest = hashlib.sha256(document.encode("utf-8")).digest()
-        share = int.from_bytes(digest[:4], "big") / 2**32
-        (held_out if share < held_out_fraction else training).append(document)
-    if not training or not held_out:
+    if len(documents) < 2:
         raise ValueError(
-            f"The corpus is too small to split: {len(documents)} documents "
-            f"gave {len(training)} for training and {len(held_out)} held out"
+            f"The corpus is too small: {len(documents)} document. It needs "
+            "at least 2 documents (paragraphs separated by blank lines), "
+            "one to train on and one held out; a useful model needs "
+            "thousands of sentences"
         )
+    shares = [
+        int.from_bytes(hashlib.sha256(d.encode("utf-8")).digest()[:4], "big")
+        / 2**32
+        for d in documents
+    ]
+    # A small corpus whose hashes all fall above the fraction still holds
+    # out one document: the one with the smallest hash.
+    threshold = max(held_out_fraction, min(shares))
+    training, held_out = [], []
+    for document, share in zip(documents, shares, strict=True):
+        (held_out if share <= threshold else training).append(document)
+    if not training:  # every document had the same text
+        training, held_out = held_out[1:], held_out[:1]
     return training, held_out

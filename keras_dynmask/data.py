@@ -50,35 +50,94 @@ def batched(sequences, batch_size, pad_id=0, seed=None, boundaries=None):
         A `tf.data.Dataset` of int32 `(B, T)` batches, `T` varying.
     """
     batch_size = check_int("batch_size", batch_size, minimum=1)
+    rows = tf.data.Dataset.range(len(sequences)).map(_row_reader(sequences))
+    if seed is not None:
+        rows = rows.shuffle(
+            len(sequences), seed=seed, reshuffle_each_iteration=True
+        )
+    count = batches_per_pass(sequences, batch_size, boundaries)
+    data = _bucketed(rows, sequences, batch_size, pad_id, boundaries)
+    data = data.apply(tf.data.experimental.assert_cardinality(count))
+    return data.prefetch(tf.data.AUTOTUNE)
+
+
+def training_stream(
+    sequences, batch_size, seed, pad_id=0, boundaries=None, start=0
+):
+    """Endless padded batches for training that a resumed run can rejoin.
+
+    Pass `p` over the sequences comes in an order that is a function of
+    `(seed, p)` alone (a stateless permutation), and the stream is the
+    passes one after another, each `batches_per_pass` long, so batch `n`
+    of the stream is the same in every run: a run resumed after `n`
+    batches skips them (`start=n`) and sees what an uninterrupted run
+    would have seen next. Give `model.fit` a `steps_per_epoch`.
+
+    Args:
+        sequences: list of 1-D int arrays.
+        batch_size: int.
+        seed: int >= 0.
+        pad_id: int. Defaults to `0`.
+        boundaries: bucket boundaries; defaults to powers of two.
+        start: int >= 0. Batches of the stream to skip.
+
+    Returns:
+        An endless `tf.data.Dataset` of int32 `(B, T)` batches.
+    """
+    batch_size = check_int("batch_size", batch_size, minimum=1)
+    seed = check_int("seed", seed, minimum=0)
+    start = check_int("start", start, minimum=0)
+    row_at = _row_reader(sequences)
+    count = len(sequences)
+
+    def one_pass(index):
+        order = tf.random.experimental.stateless_shuffle(
+            tf.range(count, dtype=tf.int64),
+            seed=tf.stack([tf.constant(seed, tf.int64), index]),
+        )
+        rows = tf.data.Dataset.from_tensor_slices(order).map(row_at)
+        return _bucketed(rows, sequences, batch_size, pad_id, boundaries)
+
+    stream = tf.data.Dataset.counter().flat_map(one_pass)
+    return stream.skip(start).prefetch(tf.data.AUTOTUNE)
+
+
+def batches_per_pass(sequences, batch_size, boundaries=None):
+    """How many batches one pass over `sequences` makes: every bucket ends
+    with one partial batch."""
+    lengths = [len(s) for s in sequences]
+    buckets = np.bincount(
+        np.searchsorted(_boundaries(lengths, boundaries), lengths, "right"),
+        minlength=len(_boundaries(lengths, boundaries)) + 1,
+    )
+    return int(sum(-(-n // batch_size) for n in buckets))
+
+
+def _boundaries(lengths, boundaries):
+    if boundaries is not None:
+        return boundaries
+    return [2**k + 1 for k in range(3, 12) if 2**k < max(lengths)]
+
+
+def _row_reader(sequences):
+    """`i -> sequences[i]` as a TensorFlow function over one flat tensor."""
     if not sequences:
         raise ValueError("sequences is empty: there is nothing to batch")
     lengths = [len(s) for s in sequences]
     flat = tf.constant(np.concatenate(sequences).astype("int32"))
     splits = tf.constant(np.concatenate([[0], np.cumsum(lengths)]), tf.int64)
-    data = tf.data.Dataset.range(len(sequences)).map(
-        lambda i: flat[splits[i] : splits[i + 1]]
-    )
-    if seed is not None:
-        data = data.shuffle(
-            len(sequences), seed=seed, reshuffle_each_iteration=True
-        )
-    if boundaries is None:
-        boundaries = [2**k + 1 for k in range(3, 12) if 2**k < max(lengths)]
-    data = data.bucket_by_sequence_length(
+    return lambda i: flat[splits[i] : splits[i + 1]]
+
+
+def _bucketed(rows, sequences, batch_size, pad_id, boundaries):
+    """`rows` padded in batches of sequences of similar lengths."""
+    boundaries = _boundaries([len(s) for s in sequences], boundaries)
+    return rows.bucket_by_sequence_length(
         lambda s: tf.shape(s)[0],
         bucket_boundaries=boundaries,
         bucket_batch_sizes=[batch_size] * (len(boundaries) + 1),
         padding_values=pad_id,
     )
-    # Every bucket ends with one partial batch: the count is exact, and
-    # stating it lets Keras show progress and not warn about running out.
-    buckets = np.bincount(
-        np.searchsorted(boundaries, lengths, side="right"),
-        minlength=len(boundaries) + 1,
-    )
-    count = int(sum(-(-n // batch_size) for n in buckets))
-    data = data.apply(tf.data.experimental.assert_cardinality(count))
-    return data.prefetch(tf.data.AUTOTUNE)
 
 
 def mask_tokens_dataset(dataset, masking, seed=None):

@@ -16,6 +16,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_dynmask._quiet import held_back_stderr
+
 QUANTIZATIONS = (None, "dynamic_range", "float16", "int8")
 
 
@@ -80,24 +82,21 @@ def _archive(model, specs):
     return archive
 
 
-def to_saved_model(model, directory, version=None, tokenizer=None):
+def to_saved_model(model, directory, version=None):
     """Writes a SavedModel into TF Serving's layout, `directory/VERSION/`.
 
-    Signatures:
-
-    - `serving_default`: the model's inputs by name (`token_ids` `(B, T)`
-      int32, plus per-example ints such as `prefix_length` `(B,)`), any
-      `B` and `T`; outputs by name (the model's dict keys, or `outputs`);
-    - `serve_text` when a `tokenizer` is given: `text` `(B,)` strings,
-      tokenized in the graph with tensorflow-text (`[MASK]` stays the mask
-      token), and the same outputs.
+    Its signature `serving_default` takes the model's inputs by name
+    (`token_ids` `(B, T)` int32, plus per-example ints such as
+    `prefix_length` `(B,)`), any `B` and `T`, and gives outputs by name
+    (the model's dict keys, or `outputs`). It holds only TensorFlow's own
+    ops: it loads with `tf.saved_model.load` in a process that imports
+    nothing else, and in a stock TF Serving.
 
     Args:
         model: a Keras model whose inputs are token ids.
-        directory: the model's folder; versions are numbered subfolders.
+        directory: the model's folder (TF Serving's model base path);
+            versions are numbered subfolders. Its parent must exist.
         version: int, or `None` for the next free number.
-        tokenizer: a `keras_dynmask.tokenizer.WordPieceTokenizer`, or
-            `None`.
 
     Returns:
         The path of the written version folder. The folder appears whole
@@ -105,10 +104,65 @@ def to_saved_model(model, directory, version=None, tokenizer=None):
 
     Raises:
         ValueError: for inputs that are not token ids, an existing version,
-            or a folder that cannot be written.
+            a version folder given as `directory`, or a folder that cannot
+            be written.
     """
-    directory = pathlib.Path(directory)
     specs = input_signature(model)
+    return _write_version(_archive(model, specs), directory, version)
+
+
+def to_text_saved_model(model, tokenizer, directory, version=None):
+    """Writes a SavedModel that takes raw text, into `directory/VERSION/`.
+
+    Its `serving_default` takes `text` `(B,)` strings, tokenizes them in
+    the graph with tensorflow-text's WordPiece (`[MASK]` stays the mask
+    token) and gives the outputs of `to_saved_model`. It is a model of its
+    own because tensorflow-text's ops are not TensorFlow's: load it after
+    `import tensorflow_text` (which registers them), or serve it with a
+    TF Serving build that links tensorflow-text's ops. The ids model from
+    `to_saved_model` needs neither.
+
+    Args:
+        model: a Keras model whose only input is `token_ids`.
+        tokenizer: a `keras_dynmask.tokenizer.WordPieceTokenizer`.
+        directory: the text model's folder; versions are numbered
+            subfolders. Its parent must exist.
+        version: int, or `None` for the next free number.
+
+    Returns:
+        The path of the written version folder (whole or not at all).
+    """
+    specs = input_signature(model)
+    if list(specs) != ["token_ids"]:
+        raise ValueError(
+            "A text model tokenizes one input, token_ids; this model has "
+            f"inputs {list(specs)}"
+        )
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.track(tokenizer.module)
+
+    def serve_text(text):
+        token_ids = tokenizer.encode_tensor(text)
+        return _outputs(model, {"token_ids": token_ids})
+
+    archive.add_endpoint(
+        "serving_default",
+        serve_text,
+        input_signature=[tf.TensorSpec((None,), tf.string, name="text")],
+    )
+    return _write_version(archive, directory, version)
+
+
+def _write_version(archive, directory, version):
+    """Writes `archive` to `directory/VERSION/`, whole or not at all."""
+    directory = pathlib.Path(directory)
+    if (directory / "saved_model.pb").exists():
+        raise ValueError(
+            f"{str(directory)!r} is a SavedModel version folder: pass the "
+            f"model's folder above it ({str(directory.parent)!r}), and a "
+            "version to choose its number"
+        )
     _make_folder(directory)
     if version is None:
         taken = [int(p.name) for p in directory.iterdir() if p.name.isdigit()]
@@ -123,20 +177,6 @@ def to_saved_model(model, directory, version=None, tokenizer=None):
             f"Version {version} already exists in {str(directory)!r}; pass "
             "another version, or none for the next free one"
         )
-
-    archive = _archive(model, specs)
-    if tokenizer is not None:
-        archive.track(tokenizer.module)
-
-        def serve_text(text):
-            token_ids = tokenizer.encode_tensor(text)
-            return _outputs(model, {"token_ids": token_ids})
-
-        archive.add_endpoint(
-            "serve_text",
-            serve_text,
-            input_signature=[tf.TensorSpec((None,), tf.string, name="text")],
-        )
     staging = pathlib.Path(
         tempfile.mkdtemp(prefix=f".{version}-writing-", dir=directory)
     )
@@ -146,6 +186,23 @@ def to_saved_model(model, directory, version=None, tokenizer=None):
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def latest_version(directory):
+    """The SavedModel to load from a path, as TF Serving picks it: the
+    path itself when it is a version folder, else its highest-numbered
+    version subfolder, else `None`."""
+    directory = pathlib.Path(directory)
+    if (directory / "saved_model.pb").exists():
+        return directory
+    if not directory.is_dir():
+        return None
+    versions = [
+        p
+        for p in directory.iterdir()
+        if p.name.isdigit() and (p / "saved_model.pb").exists()
+    ]
+    return max(versions, key=lambda p: int(p.name), default=None)
 
 
 def to_tflite(model, path, quantization=None, representative_data=None):
@@ -179,6 +236,11 @@ def to_tflite(model, path, quantization=None, representative_data=None):
     specs = input_signature(model)
     if quantization == "int8":
         calibration = _representative(specs, representative_data)
+    if not path.parent.is_dir():
+        raise ValueError(
+            f"Cannot write to {str(path)!r}: the folder "
+            f"{str(path.parent)!r} does not exist"
+        )
     _make_folder(path.parent)
     with tempfile.TemporaryDirectory(dir=path.parent) as staging:
         _archive(model, specs).write_out(staging, verbose=False)
@@ -193,8 +255,10 @@ def to_tflite(model, path, quantization=None, representative_data=None):
         if quantization == "int8":
             converter.representative_dataset = calibration
         try:
-            with warnings.catch_warnings():
-                # Calibration runs TensorFlow's own deprecated interpreter.
+            # The int8 converter prints its settings (`fully_quantize: 0`)
+            # from C++, and calibration runs TensorFlow's own deprecated
+            # interpreter, which warns.
+            with held_back_stderr(), warnings.catch_warnings():
                 warnings.filterwarnings("ignore", "(?s).*tf.lite.Interpreter")
                 flatbuffer = converter.convert()
         except Exception as error:  # the converter's own error types vary
@@ -239,8 +303,13 @@ def _conversion_error(error):
 def _make_folder(directory):
     """Creates `directory`, or says clearly why it cannot be written."""
     directory = pathlib.Path(directory)
+    if not directory.parent.is_dir():
+        raise ValueError(
+            f"Cannot write to {str(directory)!r}: the folder "
+            f"{str(directory.parent)!r} does not exist"
+        )
     try:
-        directory.mkdir(parents=True, exist_ok=True)
+        directory.mkdir(exist_ok=True)
         if not os.access(directory, os.W_OK):
             raise PermissionError("not writable")
         probe = tempfile.NamedTemporaryFile(dir=directory)
@@ -283,16 +352,25 @@ def parity(model, inputs, saved_model=None, tflite=None):
         )
         report["saved_model"] = _largest_difference(want, got)
     if tflite is not None:
-        from ai_edge_litert.interpreter import Interpreter
-
-        from keras_dynmask._quiet import held_back_stderr
-
-        with held_back_stderr():  # the interpreter announces its delegate
-            interpreter = Interpreter(model_path=str(tflite))
-        runner = interpreter.get_signature_runner()
-        got = runner(**feed)
+        got = tflite_runner(tflite)(**feed)
         report["tflite"] = _largest_difference(want, got)
     return report
+
+
+def tflite_runner(path):
+    """The `serving_default` signature of a TFLite file, as a function of
+    its named inputs, without the interpreter's "Created TensorFlow Lite
+    XNNPACK delegate" line (printed from C++ when it first runs)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    with held_back_stderr():
+        runner = Interpreter(model_path=str(path)).get_signature_runner()
+
+    def run(**inputs):
+        with held_back_stderr():
+            return runner(**inputs)
+
+    return run
 
 
 def _largest_difference(want, got):

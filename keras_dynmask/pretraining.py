@@ -8,7 +8,9 @@ import collections
 import json
 import os
 import pathlib
+import shutil
 import sys
+import tempfile
 import time
 
 import keras
@@ -18,6 +20,8 @@ from keras_dynmask import corpus
 from keras_dynmask import data
 from keras_dynmask import export
 from keras_dynmask import models
+from keras_dynmask._checks import check_fraction
+from keras_dynmask._checks import check_int
 from keras_dynmask.layers import TokenMasking
 from keras_dynmask.pretraining_defaults import DEFAULTS
 from keras_dynmask.tokenizer import WordPieceTokenizer
@@ -39,10 +43,12 @@ def pretrain(
         corpus_path: a `.txt` file or folder, or `None` for the embedded
             corpus.
         output: folder for `model.keras`, `vocabulary.txt`,
-            `settings.json`, a SavedModel in the next free version folder
-            (`1/`, `2/`, ...: TF Serving's layout, with a raw-text
-            signature), `masked_lm.tflite` and, while training, the
-            `backup/` a rerun resumes from.
+            `settings.json`, a SavedModel of token ids in the next free
+            version folder (`1/`, `2/`, ...: TF Serving's layout; it loads
+            with TensorFlow alone), the raw-text SavedModel of the same
+            version under `text/` (it needs `import tensorflow_text`),
+            `masked_lm.tflite` and, while training, the `backup/` a rerun
+            resumes from.
         steps_per_epoch: int or `None` (a full pass over the data).
         callbacks: extra Keras callbacks.
         log: where progress lines go.
@@ -51,17 +57,107 @@ def pretrain(
     Returns:
         dict of the measured results.
     """
+    settings = check_settings(settings, steps_per_epoch)
+    output = pathlib.Path(output)
+    run = {
+        **settings,
+        "corpus": None if corpus_path is None else str(corpus_path),
+        "steps_per_epoch": steps_per_epoch,
+    }
+    resuming = _resumable(output / "backup", run)
+    created = _make_output(output)
+    try:
+        return _pretrain(output, run, resuming, callbacks, log)
+    except BaseException:
+        # A run that failed before its first backup leaves nothing behind.
+        if created and not (output / "backup" / "latest.weights.h5").exists():
+            shutil.rmtree(output, ignore_errors=True)
+        raise
+
+
+def check_settings(settings, steps_per_epoch=None):
+    """`DEFAULTS` updated with `settings`, each checked; a `ValueError`
+    names the first bad one."""
     unknown = sorted(set(settings) - set(DEFAULTS))
     if unknown:
-        raise ValueError(f"Unknown setting {unknown[0]!r}")
+        raise ValueError(
+            f"Unknown setting {unknown[0]!r}; known: {', '.join(DEFAULTS)}"
+        )
     settings = {**DEFAULTS, **settings}
+    for name, value in settings.items():
+        if isinstance(DEFAULTS[name], int):
+            check_int(name, value, minimum=0 if name == "seed" else 1)
     if settings["max_length"] < 3:
         raise ValueError(
             "max_length must be at least 3 ([CLS], a token, [SEP]), "
             f"received max_length={settings['max_length']}"
         )
-    output = pathlib.Path(output)
-    output.mkdir(parents=True, exist_ok=True)
+    if settings["hidden_dim"] % settings["num_heads"]:
+        raise ValueError(
+            "hidden_dim must be a multiple of num_heads (each head gets "
+            f"hidden_dim / num_heads dimensions), received hidden_dim="
+            f"{settings['hidden_dim']}, num_heads={settings['num_heads']}"
+        )
+    check_fraction("dropout", settings["dropout"])
+    check_fraction(
+        "selection_rate",
+        settings["selection_rate"],
+        with_zero=False,
+        with_one=True,
+    )
+    if not settings["learning_rate"] > 0:
+        raise ValueError(
+            "learning_rate must be > 0, received "
+            f"learning_rate={settings['learning_rate']!r}"
+        )
+    if steps_per_epoch is not None:
+        check_int("steps_per_epoch", steps_per_epoch, minimum=1)
+    return settings
+
+
+def _resumable(backup, run):
+    """The epoch an interrupted run in `backup` stopped after (0 when
+    there is none); refuses a backup written with other settings."""
+    written = backup / "run.json"
+    if not written.exists():
+        return 0
+    before = json.loads(written.read_text())
+    differ = [
+        f"{name} {before.get(name)!r} then, {run[name]!r} now"
+        for name in run
+        if before.get(name) != run[name]
+    ]
+    if differ:
+        raise ValueError(
+            f"{backup.parent} holds an interrupted run with other settings "
+            f"({'; '.join(differ)}). Rerun with the same settings to "
+            f"resume it, or delete {backup} (or choose another --output) "
+            "to start over"
+        )
+    metadata = backup / "training_metadata.json"
+    if not metadata.exists():
+        return 0
+    return int(json.loads(metadata.read_text())["epoch"])
+
+
+def _make_output(output):
+    """Creates `output` if needed; says clearly when it cannot be written.
+    Returns whether it was created."""
+    existed = output.is_dir()
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        tempfile.NamedTemporaryFile(dir=output).close()
+    except OSError as error:
+        raise ValueError(
+            f"Cannot write to the output folder {str(output)!r}: "
+            f"{error.strerror or error}"
+        ) from error
+    return not existed
+
+
+def _pretrain(output, run, resuming, callbacks, log):
+    settings = {name: run[name] for name in DEFAULTS}
+    corpus_path, steps_per_epoch = run["corpus"], run["steps_per_epoch"]
     keras.utils.set_random_seed(settings["seed"])
 
     start = time.time()
@@ -69,7 +165,7 @@ def pretrain(
         documents = corpus.default_corpus()
         source = "the embedded corpus (standard-library docstrings, pydoc)"
     else:
-        documents = corpus.read_corpus(corpus_path)
+        documents = corpus.read_corpus(corpus_path, log=log)
         source = str(corpus_path)
     training, held_out = corpus.split_documents(documents)
     log(
@@ -78,9 +174,8 @@ def pretrain(
         f"({len(held_out)} documents held out)"
     )
     tokenizer = WordPieceTokenizer.build(
-        training, settings["vocabulary_size"], cache_dir=cache_dir()
+        training, settings["vocabulary_size"], cache_dir=cache_dir(), log=log
     )
-    tokenizer.save(output / "vocabulary.txt")
     log(f"Vocabulary: {tokenizer.vocabulary_size} WordPiece tokens")
     train_sequences = data.sequences(
         tokenizer, training, settings["max_length"]
@@ -94,15 +189,20 @@ def pretrain(
         f"{settings['max_length']} tokens, batches padded to their own "
         "longest"
     )
-    train_data = data.batched(
-        train_sequences, settings["batch_size"], seed=settings["seed"]
+    steps_per_epoch = steps_per_epoch or data.batches_per_pass(
+        train_sequences, settings["batch_size"]
+    )
+    # A resumed run rejoins the stream where the interrupted one stopped.
+    train_data = data.training_stream(
+        train_sequences,
+        settings["batch_size"],
+        seed=settings["seed"],
+        start=resuming * steps_per_epoch,
     )
     held_out_data = data.batched(held_out_sequences, settings["batch_size"])
 
     model = _build(tokenizer, settings)
-    total_steps = settings["epochs"] * (
-        steps_per_epoch or int(train_data.cardinality())
-    )
+    total_steps = settings["epochs"] * steps_per_epoch
     learning_rate = keras.optimizers.schedules.CosineDecay(
         0.0,
         decay_steps=total_steps,
@@ -110,9 +210,17 @@ def pretrain(
         warmup_steps=max(1, total_steps // 10),
     )
     model.compile(optimizer=keras.optimizers.AdamW(learning_rate))
-    backup = keras.callbacks.BackupAndRestore(str(output / "backup"))
+    backup = RandomStateBackup(str(output / "backup"))
+    (output / "backup").mkdir(exist_ok=True)
+    (output / "backup" / "run.json").write_text(json.dumps(run, indent=2))
+    if resuming:
+        log(
+            f"Resuming from epoch {resuming + 1} of {settings['epochs']}: "
+            f"{resuming} finished before the interruption (kept in "
+            f"{output / 'backup'})"
+        )
     history = model.fit(
-        train_data.repeat() if steps_per_epoch else train_data,
+        train_data,
         epochs=settings["epochs"],
         steps_per_epoch=steps_per_epoch,
         validation_data=held_out_data,
@@ -131,14 +239,19 @@ def pretrain(
     )
 
     model.save(output / "model.keras")
+    tokenizer.save(output / "vocabulary.txt")
     (output / "settings.json").write_text(json.dumps(settings, indent=2))
-    saved = export.to_saved_model(model, output, tokenizer=tokenizer)
+    saved = export.to_saved_model(model, output)
+    text_saved = export.to_text_saved_model(
+        model, tokenizer, output / "text", version=int(saved.name)
+    )
     tflite = export.to_tflite(model, output / "masked_lm.tflite")
     sample = tokenizer.encode([SAMPLE, "The [MASK] is [MASK]."])
     gaps = export.parity(model, sample, saved_model=saved, tflite=tflite)
     log(
-        f"Saved {output / 'model.keras'}, the SavedModel {saved} (for TF "
-        f"Serving) and {tflite.name}; largest difference from Keras: "
+        f"Saved {output / 'model.keras'}, the SavedModels {saved} (token "
+        f"ids) and {text_saved} (raw text) for TF Serving, and "
+        f"{tflite.name}; largest difference from Keras: "
         f"SavedModel {gaps['saved_model']:.1e}, TFLite {gaps['tflite']:.1e}"
     )
     for line in fill_mask(model, tokenizer, SAMPLE):
@@ -150,6 +263,67 @@ def pretrain(
         "unigram_accuracy": baseline,
         "epochs_run": len(history.history.get("loss", [])),
     }
+
+
+class RandomStateBackup(keras.callbacks.BackupAndRestore):
+    """`BackupAndRestore` that also keeps the random generators' states.
+
+    Keras' backup holds the weights, the optimizer and the epoch, but not
+    the `SeedGenerator` states behind dropout, so a resumed run would draw
+    the dropout masks of epoch 0 again and end elsewhere. Their states are
+    written beside the weights, one file per finished epoch (renamed into
+    place whole), and restored with them, so a resumed run ends with the
+    weights of an uninterrupted one, bit for bit on the CPU.
+    """
+
+    def _states(self):
+        # In the model's own order: auto-numbered paths differ between
+        # models built in one process.
+        return [
+            variable
+            for variable in self.model.variables
+            if variable.path.endswith("seed_generator_state")
+        ]
+
+    def _state_file(self, epoch):
+        return pathlib.Path(self.backup_dir) / f"random_states-{epoch}.npz"
+
+    def _save_model(self):
+        # Written before the weights: whichever epoch the weights end up
+        # at, its states are there.
+        path = self._state_file(self._current_epoch)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging = path.with_name(f".{path.name}")
+        with open(staging, "wb") as file:
+            np.savez(file, *[v.numpy() for v in self._states()])
+        os.replace(staging, path)
+        super()._save_model()
+        for old in path.parent.glob("random_states-*.npz"):
+            if old != path and old != self._state_file(self._current_epoch - 1):
+                old.unlink()
+
+    def _load_model(self):
+        super()._load_model()
+        epoch = self.model._initial_epoch
+        if not epoch:
+            return
+        path = self._state_file(epoch)
+        if not path.exists():
+            raise ValueError(
+                f"The backup in {self.backup_dir} has weights for epoch "
+                f"{epoch} but no random states for it ({path.name}); delete "
+                "the backup folder to start over"
+            )
+        states = self._states()
+        with np.load(path) as saved:
+            if len(saved.files) != len(states):
+                raise ValueError(
+                    f"{path} holds {len(saved.files)} random states, the "
+                    f"model has {len(states)}; delete {self.backup_dir} to "
+                    "start over"
+                )
+            for index, variable in enumerate(states):
+                variable.assign(saved[f"arr_{index}"])
 
 
 def cache_dir():
@@ -215,18 +389,23 @@ def fill_mask(model, tokenizer, text, top_k=5):
 
 def describe_guesses(outputs, tokenizer, text, top_k=5):
     """Fill-mask lines from a masked-LM's outputs for one text (from
-    Keras, a SavedModel or TFLite)."""
+    Keras, a SavedModel or TFLite); ids stand for tokens when `tokenizer`
+    is `None`."""
     lines = [f"Fill-mask: {text}"]
     for slot in np.flatnonzero(np.asarray(outputs["mask_weights"])[0]):
-        scores = np.asarray(outputs["logits"])[0, slot]
+        scores = np.asarray(outputs["logits"], "float64")[0, slot]
         probabilities = np.exp(scores - scores.max())
         probabilities /= probabilities.sum()
         best = np.argsort(-probabilities)[:top_k]
         guesses = ", ".join(
-            f"{tokenizer.vocabulary[i]} ({probabilities[i]:.2f})" for i in best
+            f"{tokenizer.vocabulary[i] if tokenizer else i} "
+            f"({probabilities[i]:.2f})"
+            for i in best
         )
         position = np.asarray(outputs["mask_positions"])[0, slot]
         lines.append(f"  [MASK] at {position}: {guesses}")
+    if len(lines) == 1:
+        lines.append("  (no [MASK] token to fill)")
     return lines
 
 

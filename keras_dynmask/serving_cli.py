@@ -7,13 +7,14 @@ import numpy as np
 
 
 def _vocabulary(given, near):
-    """The vocabulary file given, or one found beside `near`."""
+    """The vocabulary file given, or one found beside `near` (a model
+    folder, a version folder, or the text model's `text/VERSION/`)."""
     if given:
         path = pathlib.Path(given)
         if not path.exists():
             raise ValueError(f"No vocabulary at {given!r}")
         return path
-    for folder in (near.parent, near.parent.parent):
+    for folder in (near, *near.parents[:3]):
         if (folder / "vocabulary.txt").exists():
             return folder / "vocabulary.txt"
     return None
@@ -29,11 +30,13 @@ def run_export(args):
         raise ValueError(
             "Nothing to do: pass --saved-model DIR, --tflite FILE or both"
         )
+    if args.version is not None and not args.saved_model:
+        raise ValueError("--version numbers a SavedModel: pass --saved-model")
     source = pathlib.Path(args.model)
-    if not source.exists():
-        raise ValueError(f"No model at {args.model!r}")
+    if source.suffix != ".keras" or not source.is_file():
+        raise ValueError(f"No .keras model file at {args.model!r}")
     model = keras.saving.load_model(source)
-    vocabulary = _vocabulary(args.vocabulary, source)
+    vocabulary = _vocabulary(args.vocabulary, source.parent)
     tokenizer = WordPieceTokenizer.load(vocabulary) if vocabulary else None
     if tokenizer is not None:
         sample = tokenizer.encode(
@@ -44,9 +47,19 @@ def run_export(args):
     saved = tflite = None
     if args.saved_model:
         saved = export.to_saved_model(
-            model, args.saved_model, tokenizer=tokenizer
+            model, args.saved_model, version=args.version
         )
-        print(f"SavedModel: {saved}")
+        print(f"SavedModel (token ids): {saved}")
+        if tokenizer is not None and list(export.input_signature(model)) == [
+            "token_ids"
+        ]:
+            text = export.to_text_saved_model(
+                model,
+                tokenizer,
+                pathlib.Path(args.saved_model) / "text",
+                version=int(saved.name),
+            )
+            print(f"SavedModel (raw text, needs tensorflow_text): {text}")
     if args.tflite:
         tflite = export.to_tflite(
             model,
@@ -61,41 +74,124 @@ def run_export(args):
 
 
 def run_predict(args):
+    from keras_dynmask import export
+
     artifact = pathlib.Path(args.artifact)
     if not artifact.exists():
-        raise ValueError(f"No SavedModel or TFLite file at {args.artifact!r}")
+        raise ValueError(
+            f"No SavedModel, TFLite or .keras file at {args.artifact!r}"
+        )
+    if artifact.is_dir():
+        version = export.latest_version(artifact)
+        if version is None:
+            raise ValueError(
+                f"No SavedModel in {args.artifact!r}: it has no "
+                "saved_model.pb and no numbered version folder"
+            )
+        artifact = version
+    elif artifact.suffix not in (".tflite", ".keras"):
+        raise ValueError(
+            f"{args.artifact!r} is not a SavedModel folder, a .tflite file "
+            "or a .keras file"
+        )
     tokenizer = None
-    if args.text is not None:
+    vocabulary = _vocabulary(args.vocabulary, artifact)
+    if vocabulary is not None:
         from keras_dynmask.tokenizer import WordPieceTokenizer
 
-        vocabulary = _vocabulary(args.vocabulary, artifact)
-        if vocabulary is None:
-            raise ValueError("--text needs a vocabulary: pass --vocabulary")
         tokenizer = WordPieceTokenizer.load(vocabulary)
-        ids = tokenizer.encode([args.text])
-    else:
-        ids = np.array([args.ids], "int32")
-    if artifact.suffix == ".tflite":
-        from ai_edge_litert.interpreter import Interpreter
-
-        runner = Interpreter(model_path=str(artifact)).get_signature_runner()
-        outputs = runner(token_ids=ids)
-    else:
-        import tensorflow as tf
-
-        loaded = tf.saved_model.load(str(artifact))
-        result = loaded.signatures["serving_default"](
-            token_ids=tf.constant(ids)
+    if args.text is not None and tokenizer is None:
+        raise ValueError(
+            "--text needs the model's vocabulary.txt: none was found beside "
+            f"{str(artifact)!r}; pass --vocabulary"
         )
-        outputs = {k: v.numpy() for k, v in result.items()}
-    print(
-        json.dumps(
-            {
-                "token_ids": ids.tolist(),
-                "outputs": {
-                    k: np.asarray(v).round(5).tolist()
-                    for k, v in outputs.items()
-                },
-            }
-        )
+    ids = (
+        tokenizer.encode([args.text])
+        if args.text is not None
+        else np.array([args.ids], "int32")
     )
+    outputs = _run(artifact, ids, args.text)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "token_ids": ids.tolist(),
+                    "outputs": {
+                        k: np.asarray(v).tolist() for k, v in outputs.items()
+                    },
+                }
+            )
+        )
+        return
+    shown = args.text if args.text is not None else args.ids
+    print("\n".join(describe(outputs, ids, tokenizer, shown, args.top_k)))
+
+
+def _run(artifact, ids, text):
+    """The artifact's outputs `{name: array}` for one example."""
+    if artifact.suffix == ".tflite":
+        from keras_dynmask.export import tflite_runner
+
+        return tflite_runner(artifact)(token_ids=ids)
+    if artifact.suffix == ".keras":
+        import keras
+
+        outputs = keras.saving.load_model(artifact).predict(ids, verbose=0)
+        if not isinstance(outputs, dict):
+            outputs = {"outputs": outputs}
+        return {k: np.asarray(v) for k, v in outputs.items()}
+    import tensorflow as tf
+    import tensorflow_text  # noqa: F401  (the raw-text model's ops)
+
+    signature = tf.saved_model.load(str(artifact)).signatures["serving_default"]
+    takes = set(signature.structured_input_signature[1])
+    if "text" in takes:
+        if text is None:
+            raise ValueError(
+                f"{str(artifact)!r} is a raw-text model: pass --text"
+            )
+        result = signature(text=tf.constant([text]))
+    else:
+        result = signature(token_ids=tf.constant(ids))
+    return {k: v.numpy() for k, v in result.items()}
+
+
+def describe(outputs, ids, tokenizer, shown, top_k=5):
+    """Readable lines for one example's outputs: the `top_k` guesses per
+    `[MASK]` of a masked-LM, per position of `(T, V)` logits, or of a
+    `(C,)` score vector; other outputs as values."""
+    if {"logits", "mask_positions", "mask_weights"} <= set(outputs):
+        from keras_dynmask.pretraining import describe_guesses
+
+        return describe_guesses(outputs, tokenizer, shown, top_k)
+    lines = [f"Input: {shown}"]
+    for name, value in outputs.items():
+        value = np.asarray(value)[0]
+        if value.dtype.kind != "f" or value.ndim not in (1, 2):
+            lines.append(f"  {name}: {value.tolist()}")
+        elif value.ndim == 1:
+            lines.append(f"  {name}: {_top(value, top_k, None)}")
+        else:
+            lines.append(f"  {name}, the top {top_k} per position:")
+            for position, scores in enumerate(value):
+                token = _token(tokenizer, ids[0, position])
+                guesses = _top(scores, top_k, tokenizer)
+                lines.append(f"    {position} {token}: {guesses}")
+    return lines
+
+
+def _top(scores, top_k, tokenizer):
+    """`"a (0.31), b (0.20), ..."`: the `top_k` entries, as probabilities
+    (scores that are not already a distribution are soft-maxed)."""
+    scores = np.asarray(scores, "float64")
+    if not (scores.min() >= 0 and abs(scores.sum() - 1) < 1e-3):
+        scores = np.exp(scores - scores.max())
+        scores /= scores.sum()
+    best = np.argsort(-scores)[:top_k]
+    return ", ".join(f"{_token(tokenizer, i)} ({scores[i]:.2f})" for i in best)
+
+
+def _token(tokenizer, token_id):
+    if tokenizer is None or not 0 <= token_id < tokenizer.vocabulary_size:
+        return str(int(token_id))
+    return tokenizer.vocabulary[token_id]

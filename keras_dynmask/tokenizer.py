@@ -2,6 +2,7 @@
 
 import hashlib
 import pathlib
+import time
 
 import numpy as np
 import tensorflow as tf
@@ -56,10 +57,11 @@ class WordPieceTokenizer:
         return list(range(len(SPECIAL_TOKENS)))
 
     @classmethod
-    def build(cls, documents, vocabulary_size, cache_dir=None):
+    def build(cls, documents, vocabulary_size, cache_dir=None, log=None):
         """Learns a vocabulary from documents (tensorflow-text's
         `bert_vocab_from_dataset`), or reads it from `cache_dir` when the
-        same documents and size were seen before.
+        same documents and size were seen before. `log`, if given, hears
+        what is happening (learning takes about 30 s for 300,000 words).
         """
         from tensorflow_text.tools.wordpiece_vocab import (
             bert_vocab_from_dataset as learn,
@@ -82,6 +84,14 @@ class WordPieceTokenizer:
             cached = pathlib.Path(cache_dir) / f"vocabulary-{key}.txt"
             if cached.exists():
                 return cls.load(cached)
+        words = sum(len(document.split()) for document in documents)
+        if log is not None:
+            where = f", then cached in {cached.parent}" if cached else ""
+            log(
+                f"Vocabulary: learning {vocabulary_size} WordPiece tokens "
+                f"from {words:,} words (once{where})..."
+            )
+        started = time.time()
         dataset = tf.data.Dataset.from_tensor_slices(list(documents))
         vocabulary = learn.bert_vocab_from_dataset(
             dataset.batch(1000),
@@ -90,6 +100,8 @@ class WordPieceTokenizer:
             bert_tokenizer_params={"lower_case": True},
         )
         tokenizer = cls(vocabulary)
+        if log is not None:
+            log(f"Vocabulary: learned in {time.time() - started:.0f} s")
         if cached is not None:
             tokenizer.save(cached)
         return tokenizer

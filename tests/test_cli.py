@@ -86,3 +86,16 @@ def test_show_mask_png_pixels_agree_with_the_text(tmp_path):
             colour = pixels[int(round(height - y)), int(round(x))]
             want = visible if cell else hidden
             assert np.abs(colour - want).max() < 0.02, (i, j, colour)
+
+
+def test_show_mask_refuses_a_picture_it_cannot_write(tmp_path):
+    missing = _run(
+        "show-mask", "causal", "--length", "3", "--png", "/nope/m.png"
+    )
+    assert missing.returncode == 2
+    assert "the folder '/nope' does not exist" in missing.stderr
+    kind = _run(
+        "show-mask", "causal", "--length", "3", "--png", str(tmp_path / "m.x")
+    )
+    assert kind.returncode == 2 and "unknown picture type '.x'" in kind.stderr
+    assert "Traceback" not in missing.stderr + kind.stderr

@@ -1,5 +1,7 @@
 """The main job's parts: corpus, tokenizer, batching, pretrain, fill-mask."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -56,10 +58,36 @@ def test_bad_corpora_get_clear_errors(tmp_path):
         corpus.read_corpus(tmp_path)
     empty = tmp_path / "empty.txt"
     empty.write_text("\n\n  \n")
-    with pytest.raises(ValueError, match="holds no text"):
+    with pytest.raises(ValueError, match="holds no UTF-8 text"):
         corpus.read_corpus(empty)
-    with pytest.raises(ValueError, match="too small to split"):
+    with pytest.raises(ValueError, match="at least 2 documents"):
         corpus.split_documents(["one document"])
+
+
+def test_small_corpora_hold_out_one_document_and_junk_files_are_skipped(
+    tmp_path,
+):
+    documents = [
+        f"paragraph {i} about lists and dictionaries" for i in range(6)
+    ]
+    training, held_out = corpus.split_documents(documents)
+    assert len(held_out) >= 1 and len(training) >= 1
+    assert sorted(training + held_out) == sorted(documents)
+    assert corpus.split_documents(documents[::-1])[1] == held_out
+
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    (folder / "good.txt").write_text("A real paragraph.\n\nAnother one.")
+    (folder / "random.txt").write_bytes(np.random.default_rng(0).bytes(20_000))
+    (folder / "latin1.txt").write_bytes("caf\xe9 cr\xe8me".encode("latin-1"))
+    (folder / "nul.txt").write_text("text\x00with a NUL byte")
+    lines = []
+    documents = corpus.read_corpus(folder, log=lines.append)
+    assert documents == ["A real paragraph.", "Another one."]
+    assert len(lines) == 3 and all(line.startswith("Skipped") for line in lines)
+    assert any("random.txt (not UTF-8" in line for line in lines)
+    assert any("latin1.txt (not UTF-8" in line for line in lines)
+    assert any("nul.txt (binary" in line for line in lines)
 
 
 def test_tokenizer_sequences_and_batches(tmp_path):
@@ -94,6 +122,13 @@ class _Interrupt(Exception):
     pass
 
 
+def _weights(folder):
+    import keras
+
+    model = keras.saving.load_model(folder / "model.keras")
+    return [np.asarray(w) for w in model.weights]
+
+
 def test_pretrain_writes_the_model_resumes_and_fills_masks(tmp_path):
     import keras
 
@@ -114,26 +149,54 @@ def test_pretrain_writes_the_model_resumes_and_fills_masks(tmp_path):
             **TINY,
         )
     assert (output / "backup").exists()
+    assert not (output / "model.keras").exists()
+    with pytest.raises(ValueError, match=r"other settings \(batch_size 8 "):
+        pretraining.pretrain(
+            corpus_path=path,
+            output=output,
+            epochs=2,
+            **{**TINY, "batch_size": 4},
+        )
     lines = []
     results = pretraining.pretrain(
         corpus_path=path, output=output, epochs=2, log=lines.append, **TINY
     )
     assert results["epochs_run"] == 1  # resumed at the second epoch
+    assert any(line.startswith("Resuming from epoch 2 of 2") for line in lines)
     assert not (output / "backup").exists()
     for name in ("model.keras", "vocabulary.txt", "settings.json", "1"):
         assert (output / name).exists(), name
+    assert (output / "text" / "1" / "saved_model.pb").exists()
     assert any(line.startswith("Held-out masked-LM accuracy") for line in lines)
     saved = [line for line in lines if "largest difference from Keras" in line]
     gaps = [float(x.split()[-1]) for x in saved[0].split(":")[-1].split(",")]
     assert max(gaps) < 1e-4, saved
 
-    # The raw-text signature, in a process without this package.
+    # Interrupted equals uninterrupted (dropout included), bit for bit.
+    whole = tmp_path / "whole"
+    pretraining.pretrain(
+        corpus_path=path, output=whole, epochs=2, log=lambda line: None, **TINY
+    )
+    for resumed, straight in zip(
+        _weights(output), _weights(whole), strict=True
+    ):
+        np.testing.assert_array_equal(resumed, straight)
+
+    # What `pretrain` wrote, in processes without this package: the ids
+    # model with TensorFlow alone, the text model with tensorflow_text.
     model, tokenizer = pretraining.load(output)
     text = "the cat [MASK] a book."
-    want = model.predict(tokenizer.encode([text]), verbose=0)
+    ids = tokenizer.encode([text])
+    want = model.predict(ids, verbose=0)
     got = serve_in_fresh_process(
         output / "1",
-        "serve_text",
+        "serving_default",
+        f"token_ids=tf.constant({ids.tolist()})",
+    )
+    np.testing.assert_allclose(got["logits"], want["logits"], atol=1e-4)
+    got = serve_in_fresh_process(
+        output / "text" / "1",
+        "serving_default",
         f"text=tf.constant([{text!r}])",
         imports=", tensorflow_text",
     )
@@ -151,6 +214,26 @@ def test_pretrain_writes_the_model_resumes_and_fills_masks(tmp_path):
     assert run.returncode == 0, run.stderr
     assert run.stdout.startswith("Fill-mask: the cat [MASK] a book.")
     assert "[MASK] at 3:" in run.stdout
+    # predict on the model folder loads its latest version, as TF Serving
+    # does, and shows what fill-mask shows, for every kind of artifact.
+    for artifact, given in [
+        (output, ["--text", text]),
+        (output / "1", ["--ids", ",".join(map(str, ids[0]))]),
+        (output / "text", ["--text", text]),
+        (output / "masked_lm.tflite", ["--text", text]),
+        (output / "model.keras", ["--text", text]),
+    ]:
+        run = run_cli("predict", str(artifact), *given, "--top-k", "3")
+        assert run.returncode == 0, (artifact, run.stderr[-2000:])
+        assert run.stdout.splitlines()[1].startswith("  [MASK] at 3: ")
+        assert run.stdout.count("(") == 3, run.stdout
+        assert "XNNPACK" not in run.stderr and "Traceback" not in run.stderr
+    run = run_cli("predict", str(output), "--text", text, "--json")
+    assert run.returncode == 0, run.stderr[-2000:]
+    raw = json.loads(run.stdout)
+    np.testing.assert_allclose(
+        raw["outputs"]["logits"], want["logits"], atol=1e-4
+    )
     missing = run_cli(
         "fill-mask", "a [MASK]", "--model", str(tmp_path / "nothing")
     )
@@ -170,3 +253,61 @@ def test_pretrain_rejects_bad_settings(tmp_path):
             output=tmp_path / "m",
             **{**TINY, "vocabulary_size": 4},
         )
+
+
+def test_pretrain_command_reports_bad_settings_and_leaves_nothing(tmp_path):
+    path = _write_corpus(tmp_path)
+    output = tmp_path / "out"
+    for flags, message in [
+        (["--epochs", "0"], "epochs must be an int >= 1, received epochs=0"),
+        (["--num-heads", "3"], "hidden_dim must be a multiple of num_heads"),
+        (["--dropout", "1.5"], "dropout=1.5"),
+    ]:
+        run = run_cli(
+            "pretrain", "--corpus", str(path), "--output", str(output), *flags
+        )
+        assert run.returncode == 2, run.stderr[-2000:]
+        assert message in run.stderr and "Traceback" not in run.stderr
+        assert not output.exists()
+    # A corpus too small to train on fails after the folder was made: the
+    # folder goes again.
+    small = tmp_path / "small.txt"
+    small.write_text("just one paragraph")
+    run = run_cli("pretrain", "--corpus", str(small), "--output", str(output))
+    assert run.returncode == 2 and "at least 2 documents" in run.stderr
+    assert not output.exists()
+    run = run_cli("pretrain", "--output", "/proc/keras_dynmask/out")
+    assert run.returncode == 2
+    assert "Cannot write to the output folder" in run.stderr
+
+
+def test_ctrl_c_stops_pretraining_with_one_line_and_it_resumes(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path = _write_corpus(tmp_path, documents=400)
+    output = tmp_path / "out"
+    flags = ["--corpus", str(path), "--output", str(output), "--epochs", "50"]
+    flags += [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "keras_dynmask.cli", "pretrain", *flags],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    metadata = output / "backup" / "training_metadata.json"
+    deadline = time.time() + 240
+    while not metadata.exists() and time.time() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err[-2000:]
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    assert "interrupted; rerun the same command to resume" in out
+    epochs_done = json.loads(metadata.read_text())["epoch"]
+    assert epochs_done >= 1
+    # The same command with fewer epochs would be other settings.
+    run = run_cli("pretrain", *flags[:-2], "--epochs", "2")
+    assert run.returncode == 2 and "epochs 50 then, 2 now" in run.stderr

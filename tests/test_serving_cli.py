@@ -29,7 +29,8 @@ def test_export_then_predict_on_both_artifacts(tmp_path):
         str(tmp_path / "lm.tflite"),
     )
     assert run.returncode == 0, run.stderr[-2000:]
-    assert "SavedModel: " in run.stdout and "/serving/1" in run.stdout
+    assert "SavedModel (token ids): " in run.stdout
+    assert "/serving/1" in run.stdout
     gaps = [
         float(line.rsplit(" ", 1)[1])
         for line in run.stdout.splitlines()
@@ -38,11 +39,55 @@ def test_export_then_predict_on_both_artifacts(tmp_path):
     assert len(gaps) == 2 and max(gaps) < 1e-4
 
     want = np.asarray(model(np.array([[2, 9, 4]])))
-    for artifact in (tmp_path / "serving" / "1", tmp_path / "lm.tflite"):
-        run = _cli("predict", str(artifact), "--ids", "2,9,4")
+    for artifact in (
+        tmp_path / "serving" / "1",
+        tmp_path / "serving",  # the latest version, as TF Serving loads
+        tmp_path / "lm.tflite",
+        tmp_path / "lm.keras",
+    ):
+        run = _cli("predict", str(artifact), "--ids", "2,9,4", "--json")
         assert run.returncode == 0, run.stderr[-2000:]
         got = json.loads(run.stdout)["outputs"]["outputs"]
         np.testing.assert_allclose(got, want, atol=1e-4)
+        # Without --json: the top ids per position, most likely first.
+        run = _cli("predict", str(artifact), "--ids", "2,9,4", "--top-k", "2")
+        assert run.returncode == 0, run.stderr[-2000:]
+        lines = run.stdout.splitlines()
+        assert lines[:2] == [
+            "Input: [2, 9, 4]",
+            "  outputs, the top 2 per position:",
+        ]
+        for position, line in enumerate(lines[2:]):
+            best = int(line.split(": ")[1].split(" ")[0])
+            assert best == want[0, position].argmax()
+        assert len(lines) == 5 and "XNNPACK" not in run.stderr
+
+    # A version folder is not a model folder; a missing folder is named.
+    run = _cli(
+        "export",
+        str(tmp_path / "lm.keras"),
+        "--saved-model",
+        str(tmp_path / "serving" / "1"),
+    )
+    assert (
+        run.returncode == 2 and "is a SavedModel version folder" in run.stderr
+    )
+    assert not (tmp_path / "serving" / "1" / "1").exists()
+    run = _cli(
+        "export", str(tmp_path / "lm.keras"), "--tflite", "/nope/x.tflite"
+    )
+    assert run.returncode == 2 and "'/nope' does not exist" in run.stderr
+    run = _cli(
+        "export",
+        str(tmp_path / "lm.keras"),
+        "--saved-model",
+        str(tmp_path / "serving"),
+        "--version",
+        "7",
+    )
+    assert run.returncode == 0 and "/serving/7" in run.stdout, run.stderr
+    run = _cli("predict", str(tmp_path / "serving"), "--ids", "2", "--json")
+    assert run.returncode == 0, run.stderr[-2000:]
 
     run = _cli(
         "export",
@@ -54,4 +99,6 @@ def test_export_then_predict_on_both_artifacts(tmp_path):
     )
     assert run.returncode == 2 and "invalid choice: 'int4'" in run.stderr
     run = _cli("predict", str(tmp_path / "missing"), "--ids", "1")
-    assert run.returncode == 2 and "No SavedModel or TFLite" in run.stderr
+    assert run.returncode == 2 and "No SavedModel, TFLite" in run.stderr
+    run = _cli("predict", str(tmp_path), "--ids", "1")
+    assert run.returncode == 2 and "no numbered version folder" in run.stderr
