@@ -68,8 +68,9 @@ def length_mask(lengths, max_length):
 def span_token_mask(length, position, sequence_length):
     """Marks the span `position <= j < position + length` among `T` tokens.
 
-    This is the seed's `Mask(x, mask_len, mask_pos)`. `length` and `position`
-    are clipped to `[0, T]`, so out-of-range values never fail at run time.
+    The token mask behind a dynamic span mask `Mask(x, length, position)`
+    (see `SpanMask`). `length` and `position` are clipped to `[0, T]`, so
+    out-of-range values never fail at run time.
 
     Args:
         length: int, variable or int tensor `(B,)`. Span length `LEN`.

@@ -120,9 +120,10 @@ class LengthMask(_TokenMaskLayer):
 class SpanMask(_TokenMaskLayer):
     """Keeps only, or hides, a span of `length` tokens from `position`.
 
-    The seed article's `DynamicMask(x) = Mask(x, mask_len, mask_pos)`, done
-    through Keras mask propagation instead of multiplying embeddings by zero:
-    downstream layers skip hidden positions rather than see zero vectors.
+    A dynamic span mask, `Mask(x, length, position)`, as masking tutorials
+    write it by multiplying embeddings by a 0/1 vector; here it goes
+    through Keras mask propagation instead, so downstream layers skip
+    hidden positions rather than see zero vectors.
 
     `length` and `position` live in non-trainable variables
     (`length_variable`, `position_variable`), so a callback may change them
