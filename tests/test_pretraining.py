@@ -139,15 +139,18 @@ def test_pretrain_writes_the_model_resumes_and_fills_masks(tmp_path):
         def on_epoch_end(self, epoch, logs=None):
             raise _Interrupt
 
+    first = []
     with pytest.raises(_Interrupt):
         pretraining.pretrain(
             corpus_path=path,
             output=output,
             epochs=2,
-            log=lambda line: None,
+            log=first.append,
             callbacks=[StopAfterFirstEpoch()],
             **TINY,
         )
+    # The vocabulary is learned once, and the run says so while it waits.
+    assert any(line.startswith("Vocabulary: learning 200") for line in first)
     assert (output / "backup").exists()
     assert not (output / "model.keras").exists()
     with pytest.raises(ValueError, match=r"other settings \(batch_size 8 "):

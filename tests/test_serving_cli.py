@@ -98,6 +98,18 @@ def test_export_then_predict_on_both_artifacts(tmp_path):
         "int4",
     )
     assert run.returncode == 2 and "invalid choice: 'int4'" in run.stderr
+    # The int8 converter's own settings lines stay out of the output.
+    run = _cli(
+        "export",
+        str(tmp_path / "lm.keras"),
+        "--tflite",
+        str(tmp_path / "int8.tflite"),
+        "--quantization",
+        "int8",
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "fully_quantize" not in run.stdout + run.stderr
+    assert "XNNPACK" not in run.stdout + run.stderr
     run = _cli("predict", str(tmp_path / "missing"), "--ids", "1")
     assert run.returncode == 2 and "No SavedModel, TFLite" in run.stderr
     run = _cli("predict", str(tmp_path), "--ids", "1")
