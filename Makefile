@@ -49,16 +49,17 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) $(VENV)-jax $(VENV)-torch build *.egg-info
+	rm -rf $(VENV) $(VENV)-jax $(VENV)-torch $(VENV)-core build *.egg-info
 
 # The layers and models under Keras' JAX and PyTorch backends, each in its
 # own virtual environment (with TensorFlow too: data, tokenizer and export
 # stay TensorFlow's); TensorFlow-only tests are skipped there.
-BACKEND_TESTS := tests/test_patterns.py tests/test_attention.py \
+LIBRARY_TESTS := tests/test_patterns.py tests/test_attention.py \
 	tests/test_token_masks.py tests/test_token_masking.py \
 	tests/test_functional.py tests/test_models.py tests/test_generation.py \
-	tests/test_time_frequency_masking.py \
-	tests/test_backends.py
+	tests/test_time_frequency_masking.py tests/test_layout.py \
+	tests/test_without_tensorflow.py
+BACKEND_TESTS := $(LIBRARY_TESTS) tests/test_backends.py
 
 $(VENV)-%/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)-$*
@@ -66,9 +67,30 @@ $(VENV)-%/.installed: setup.cfg pyproject.toml
 	$(VENV)-$*/bin/python -m pip install --quiet -e '.[test,$*]'
 	touch $@
 
-test-backends: $(VENV)-jax/.installed $(VENV)-torch/.installed
+# The library alone, under JAX, where TensorFlow is not installed: the
+# package without its dependencies, then setup.cfg's requirements less
+# TensorFlow's (tensorflow, tensorflow-text, ai-edge-litert and the
+# serving API), plus the test tools and JAX.
+CORE_REQUIREMENTS = $(shell $(PYTHON) -c "import configparser; \
+	c = configparser.ConfigParser(); c.read('setup.cfg'); \
+	e = c['options.extras_require']; \
+	r = (c['options']['install_requires'] + e['test'] + e['jax']).split(); \
+	print(' '.join(repr(x) for x in r if not x.startswith( \
+	('tensorflow', 'ai-edge-litert', 'ruff'))))")
+
+$(VENV)-core/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)-core
+	$(VENV)-core/bin/python -m pip install --quiet --upgrade pip
+	$(VENV)-core/bin/python -m pip install --quiet $(CORE_REQUIREMENTS)
+	$(VENV)-core/bin/python -m pip install --quiet --no-deps -e .
+	touch $@
+
+test-backends: $(VENV)-jax/.installed $(VENV)-torch/.installed \
+		$(VENV)-core/.installed
 	KERAS_BACKEND=jax $(VENV)-jax/bin/python -m pytest -q $(BACKEND_TESTS)
 	KERAS_BACKEND=torch $(VENV)-torch/bin/python -m pytest -q $(BACKEND_TESTS)
+	KERAS_BACKEND=jax KERAS_DYNMASK_NO_TENSORFLOW=1 \
+		$(VENV)-core/bin/python -m pytest -q $(LIBRARY_TESTS)
 
 # Property tests with 3,000 examples each instead of 500 (CI runs `test`).
 test-long: $(STAMP)

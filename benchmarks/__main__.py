@@ -20,9 +20,9 @@ def main():
     from benchmarks import quantization
     from benchmarks import scaling
     from benchmarks import train_step
-    from keras_dynmask import _quiet
+    from keras_dynmask.tf import quiet
 
-    _quiet.start_devices()
+    quiet.start_devices()
 
     print(
         f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, "

@@ -14,8 +14,8 @@ import numpy as np
 import tensorflow as tf
 
 from benchmarks.timing import median_seconds
-from keras_dynmask import export
-from keras_dynmask import pretraining
+from keras_dynmask.app import pretraining
+from keras_dynmask.tf import export
 
 
 def run(model_dir="saved_models/masked_lm", quick=False):

@@ -18,7 +18,7 @@ import tensorflow as tf
 
 import keras_dynmask as kd
 from benchmarks.timing import interleaved_medians
-from keras_dynmask.data import mask_tokens_dataset
+from keras_dynmask.tf.data import mask_tokens_dataset
 
 BATCH, LENGTH, VOCABULARY, K = 256, 128, 30000, 20
 PAD, CLS, SEP, MASK = 0, 101, 102, 103

@@ -11,10 +11,10 @@ import tempfile
 
 import numpy as np
 
-from keras_dynmask import corpus
-from keras_dynmask import data
-from keras_dynmask import export
-from keras_dynmask import pretraining
+from keras_dynmask.app import corpus
+from keras_dynmask.app import pretraining
+from keras_dynmask.tf import data
+from keras_dynmask.tf import export
 
 
 def run(model_dir="saved_models/masked_lm", batches=8):

@@ -32,7 +32,7 @@ def main():
     import numpy as np
 
     import keras_dynmask as kd
-    from keras_dynmask import viz
+    from keras_dynmask.app import viz
 
     length = 8
     segments = np.array([[0, 0, 0, 1, 1, 1, 1, 1]], "int32")

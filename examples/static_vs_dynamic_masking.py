@@ -26,9 +26,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 def run(kind, seed, settings, train_sequences, held_out_data, tokenizer):
     import keras
 
-    from keras_dynmask import data
     from keras_dynmask import models
     from keras_dynmask.layers import TokenMasking
+    from keras_dynmask.tf import data
 
     keras.utils.set_random_seed(seed)
     encoder = models.build_encoder(
@@ -78,10 +78,10 @@ def main():
 
     import numpy as np
 
-    from keras_dynmask import corpus
-    from keras_dynmask import data
-    from keras_dynmask.pretraining import cache_dir
-    from keras_dynmask.tokenizer import WordPieceTokenizer
+    from keras_dynmask.app import corpus
+    from keras_dynmask.app.pretraining import cache_dir
+    from keras_dynmask.tf import data
+    from keras_dynmask.tf.tokenizer import WordPieceTokenizer
 
     start = time.time()
     training, held_out = corpus.split_documents(corpus.default_corpus())

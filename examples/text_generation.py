@@ -69,12 +69,12 @@ def main():
 
     import keras
 
-    from keras_dynmask import corpus
-    from keras_dynmask import data
-    from keras_dynmask import generation
     from keras_dynmask import models
-    from keras_dynmask.pretraining import cache_dir
-    from keras_dynmask.tokenizer import WordPieceTokenizer
+    from keras_dynmask.app import corpus
+    from keras_dynmask.app.pretraining import cache_dir
+    from keras_dynmask.models import generation
+    from keras_dynmask.tf import data
+    from keras_dynmask.tf.tokenizer import WordPieceTokenizer
 
     keras_dynmask.start_devices()
     start = time.time()

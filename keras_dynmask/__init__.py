@@ -3,90 +3,120 @@
 Token masks ride on Keras mask propagation; attention masks are built from
 patterns (`"causal & window(3)"`) each time attention is called, for every
 batch's own lengths, padding and per-example inputs.
+
+The package is in tiers, each a folder that uses only those below it:
+
+- `core`: mask functions, patterns and their text, masked-LM rules;
+- `attention`: masked softmax, block-wise windows, the key/value cache;
+- `layers`: Keras layers over the core;
+- `models`: builders, the masked-LM task, generation, schedules;
+- `tf`: TensorFlow I/O (tf.data, the tokenizer, export);
+- `app`: the `keras-dynmask` command and the main job.
+
+Importing the package imports the library tiers (`core` to `models`), so
+that every layer and model is registered with Keras and a `.keras` file
+that holds them loads; they use Keras alone, so under Keras' JAX or
+PyTorch backend no TensorFlow is imported (the library runs where it is
+not installed). The `tf` and `app` tiers, and the modules `data`,
+`tokenizer`, `export` and `viz`, load on first use. With
+`KERAS_DYNMASK_LAZY=1` (the `keras-dynmask` command sets it) every name
+loads on first use, so `import keras_dynmask` imports nothing else.
 """
 
-from keras_dynmask import _quiet
-
-_quiet.import_tensorflow()
-
-from keras_dynmask import generation  # noqa: E402
-from keras_dynmask import models  # noqa: E402
-from keras_dynmask import schedules  # noqa: E402
-from keras_dynmask._keras_mask import get_keras_mask  # noqa: E402
-from keras_dynmask._quiet import start_devices  # noqa: E402
-from keras_dynmask.layers import AttentionMask  # noqa: E402
-from keras_dynmask.layers import LengthMask  # noqa: E402
-from keras_dynmask.layers import MultiHeadAttention  # noqa: E402
-from keras_dynmask.layers import PaddingMask  # noqa: E402
-from keras_dynmask.layers import SinusoidalPositions  # noqa: E402
-from keras_dynmask.layers import SpanMask  # noqa: E402
-from keras_dynmask.layers import TimeFrequencyMasking  # noqa: E402
-from keras_dynmask.layers import TokenEmbedding  # noqa: E402
-from keras_dynmask.layers import TokenMasking  # noqa: E402
-from keras_dynmask.layers import TransformerBlock  # noqa: E402
-from keras_dynmask.masks import backward_mask  # noqa: E402
-from keras_dynmask.masks import bidirectional_mask  # noqa: E402
-from keras_dynmask.masks import causal_mask  # noqa: E402
-from keras_dynmask.masks import length_mask  # noqa: E402
-from keras_dynmask.masks import merge_masks  # noqa: E402
-from keras_dynmask.masks import padding_mask  # noqa: E402
-from keras_dynmask.masks import prefix_mask  # noqa: E402
-from keras_dynmask.masks import segment_mask  # noqa: E402
-from keras_dynmask.masks import span_mask  # noqa: E402
-from keras_dynmask.masks import span_token_mask  # noqa: E402
-from keras_dynmask.masks import window_mask  # noqa: E402
-from keras_dynmask.parsing import parse_pattern  # noqa: E402
-from keras_dynmask.patterns import And  # noqa: E402
-from keras_dynmask.patterns import Backward  # noqa: E402
-from keras_dynmask.patterns import Bidirectional  # noqa: E402
-from keras_dynmask.patterns import Causal  # noqa: E402
-from keras_dynmask.patterns import Not  # noqa: E402
-from keras_dynmask.patterns import Or  # noqa: E402
-from keras_dynmask.patterns import Pattern  # noqa: E402
-from keras_dynmask.patterns import Prefix  # noqa: E402
-from keras_dynmask.patterns import Segment  # noqa: E402
-from keras_dynmask.patterns import Span  # noqa: E402
-from keras_dynmask.patterns import Window  # noqa: E402
+import importlib
+import os
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "And",
-    "AttentionMask",
-    "Backward",
-    "Bidirectional",
-    "Causal",
-    "LengthMask",
-    "MultiHeadAttention",
-    "Not",
-    "Or",
-    "PaddingMask",
-    "Pattern",
-    "Prefix",
-    "Segment",
-    "SinusoidalPositions",
-    "Span",
-    "SpanMask",
-    "TimeFrequencyMasking",
-    "TokenEmbedding",
-    "TokenMasking",
-    "TransformerBlock",
-    "Window",
-    "backward_mask",
-    "bidirectional_mask",
-    "causal_mask",
-    "generation",
-    "get_keras_mask",
-    "length_mask",
-    "merge_masks",
-    "models",
-    "padding_mask",
-    "parse_pattern",
-    "prefix_mask",
-    "schedules",
-    "segment_mask",
-    "span_mask",
-    "span_token_mask",
-    "start_devices",
-    "window_mask",
-]
+# Public name -> the module that defines it (or that is it).
+_LAYERS = "keras_dynmask.layers"
+_MASKS = "keras_dynmask.core.masks"
+_PATTERNS = "keras_dynmask.core.patterns"
+_PUBLIC = {
+    **dict.fromkeys(
+        [
+            "AttentionMask",
+            "LengthMask",
+            "MultiHeadAttention",
+            "PaddingMask",
+            "SinusoidalPositions",
+            "SpanMask",
+            "TimeFrequencyMasking",
+            "TokenEmbedding",
+            "TokenMasking",
+            "TransformerBlock",
+        ],
+        _LAYERS,
+    ),
+    **dict.fromkeys(
+        [
+            "backward_mask",
+            "bidirectional_mask",
+            "causal_mask",
+            "length_mask",
+            "merge_masks",
+            "padding_mask",
+            "prefix_mask",
+            "segment_mask",
+            "span_mask",
+            "span_token_mask",
+            "window_mask",
+        ],
+        _MASKS,
+    ),
+    **dict.fromkeys(
+        [
+            "And",
+            "Backward",
+            "Bidirectional",
+            "Causal",
+            "Not",
+            "Or",
+            "Pattern",
+            "Prefix",
+            "Segment",
+            "Span",
+            "Window",
+        ],
+        _PATTERNS,
+    ),
+    "get_keras_mask": "keras_dynmask.layers._keras_mask",
+    "parse_pattern": "keras_dynmask.core.parsing",
+    "start_devices": "keras_dynmask.tf.quiet",
+}
+# Public modules, by their short names.
+_MODULES = {
+    "data": "keras_dynmask.tf.data",
+    "export": "keras_dynmask.tf.export",
+    "generation": "keras_dynmask.models.generation",
+    "masks": _MASKS,
+    "models": "keras_dynmask.models",
+    "patterns": _PATTERNS,
+    "schedules": "keras_dynmask.models.schedules",
+    "tokenizer": "keras_dynmask.tf.tokenizer",
+    "viz": "keras_dynmask.app.viz",
+}
+
+__all__ = sorted([*_PUBLIC, *_MODULES])
+
+
+def __getattr__(name):
+    if name in _MODULES:
+        value = importlib.import_module(_MODULES[name])
+    elif name in _PUBLIC:
+        value = getattr(importlib.import_module(_PUBLIC[name]), name)
+    else:
+        raise AttributeError(
+            f"module 'keras_dynmask' has no attribute {name!r}"
+        )
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__():
+    return sorted([*globals(), *__all__])
+
+
+if not os.environ.get("KERAS_DYNMASK_LAZY"):
+    # Registers every serializable class with Keras.
+    importlib.import_module("keras_dynmask.models")

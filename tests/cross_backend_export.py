@@ -8,7 +8,7 @@ import sys
 import numpy as np
 
 import keras_dynmask as kd  # noqa: F401  (registers the layers)
-from keras_dynmask import export
+from keras_dynmask.tf import export
 
 
 def main(folder):

@@ -53,9 +53,14 @@ def input_gradient(function, x):
     return tape.gradient(value, tensor).numpy()
 
 
+# The command that `pip install` put beside this Python.
+COMMAND = os.path.join(os.path.dirname(sys.executable), "keras-dynmask")
+
+
 def run_cli(*args, timeout=300):
-    """Runs `keras-dynmask ARGS` in a new process, as a user would."""
-    return _run([sys.executable, "-m", "keras_dynmask.cli", *args], timeout)
+    """Runs the installed `keras-dynmask ARGS` in a new process, as a user
+    would."""
+    return _run([COMMAND, *args], timeout)
 
 
 def serve_in_fresh_process(saved_model, signature, feed, imports=""):

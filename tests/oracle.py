@@ -1,12 +1,12 @@
 """A numpy oracle for attention patterns, written with plain loops.
 
 It walks a pattern's structure and decides each (example, query, key) cell
-from the definitions in the issue, independently of `keras_dynmask.masks`.
+from the definitions in the issue, independently of `keras_dynmask.core.masks`.
 """
 
 import numpy as np
 
-from keras_dynmask import patterns
+from keras_dynmask.core import patterns
 
 
 def _at(value, b):

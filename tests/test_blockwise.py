@@ -8,9 +8,9 @@ from hypothesis import strategies as st
 from keras import ops
 
 import keras_dynmask as kd
-from keras_dynmask import blockwise
+from keras_dynmask.attention import blockwise
+from keras_dynmask.attention.softmax import softmax_attention
 from keras_dynmask.layers.attention_mask import call_attention_mask
-from keras_dynmask.softmax_attention import softmax_attention
 
 
 def _no_dropout(weights):

@@ -64,7 +64,7 @@ def test_show_mask_png_pixels_agree_with_the_text(tmp_path):
     from matplotlib import colors
     from matplotlib import image
 
-    from keras_dynmask import viz
+    from keras_dynmask.app import viz
 
     text = "causal & window(2) | span(1, 5)"
     png = tmp_path / "mask.png"

@@ -4,7 +4,7 @@ import numpy as np
 import tensorflow as tf
 
 import keras_dynmask as kd
-from keras_dynmask.data import mask_tokens_dataset
+from keras_dynmask.tf.data import mask_tokens_dataset
 from tests.test_token_masking import PAD
 from tests.test_token_masking import SPECIAL
 from tests.test_token_masking import _batch

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_dynmask import export
 from keras_dynmask import models
+from keras_dynmask.tf import export
 from tests.helpers import SIZES
 from tests.helpers import VOCABULARY
 from tests.helpers import padded_ids

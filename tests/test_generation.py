@@ -7,9 +7,9 @@ from keras import ops
 
 from keras_dynmask import MultiHeadAttention
 from keras_dynmask import TransformerBlock
-from keras_dynmask import generation
 from keras_dynmask import models
-from keras_dynmask.layers.attention import write_cache
+from keras_dynmask.attention.cache import write_cache
+from keras_dynmask.models import generation
 from tests.helpers import SIZES
 from tests.helpers import VOCABULARY
 

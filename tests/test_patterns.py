@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import keras_dynmask as kd
-from keras_dynmask import patterns
+from keras_dynmask.core import patterns
 from tests.oracle import oracle_mask
 
 RNG = np.random.default_rng(0)

@@ -5,10 +5,11 @@ import json
 import numpy as np
 import pytest
 
-from keras_dynmask import corpus
-from keras_dynmask import data
-from keras_dynmask import pretraining
-from keras_dynmask.tokenizer import WordPieceTokenizer
+from keras_dynmask.app import corpus
+from keras_dynmask.app import pretraining
+from keras_dynmask.tf import data
+from keras_dynmask.tf.tokenizer import WordPieceTokenizer
+from tests.helpers import COMMAND
 from tests.helpers import run_cli
 from tests.helpers import serve_in_fresh_process
 
@@ -287,7 +288,6 @@ def test_pretrain_command_reports_bad_settings_and_leaves_nothing(tmp_path):
 def test_ctrl_c_stops_pretraining_with_one_line_and_it_resumes(tmp_path):
     import signal
     import subprocess
-    import sys
     import time
 
     path = _write_corpus(tmp_path, documents=400)
@@ -295,7 +295,7 @@ def test_ctrl_c_stops_pretraining_with_one_line_and_it_resumes(tmp_path):
     flags = ["--corpus", str(path), "--output", str(output), "--epochs", "50"]
     flags += [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()]
     process = subprocess.Popen(
-        [sys.executable, "-m", "keras_dynmask.cli", "pretrain", *flags],
+        [COMMAND, "pretrain", *flags],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -6,8 +6,8 @@ import pytest
 
 import keras_dynmask as kd
 from keras_dynmask import models
-from keras_dynmask.schedules import VariableSchedule
-from keras_dynmask.schedules import linear
+from keras_dynmask.models.schedules import VariableSchedule
+from keras_dynmask.models.schedules import linear
 from tests.helpers import VOCABULARY
 from tests.helpers import padded_ids
 

@@ -5,7 +5,6 @@ import math
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 import keras_dynmask as kd
 
@@ -203,6 +202,8 @@ def test_static_masks_repeat_dynamic_masks_do_not():
 
 @pytest.mark.tensorflow_only
 def test_selection_rate_variable_changes_without_retracing():
+    import tensorflow as tf
+
     layer = _layer(selection_rate=0.1)
     traces = []
 
@@ -283,6 +284,7 @@ def test_a_masked_lm_trains_with_fit_and_its_loss_falls():
 
 @pytest.mark.tensorflow_only
 def test_a_model_with_the_layer_converts_to_tflite(tmp_path):
+    import tensorflow as tf
     from ai_edge_litert.interpreter import Interpreter
 
     model = _mlm_model(_layer(max_selections=4))
@@ -344,8 +346,8 @@ def _truncated_geometric(p=0.2, limit=10):
 
 
 def test_span_lengths_follow_the_truncated_geometric():
-    from keras_dynmask import _random
-    from keras_dynmask import masked_lm
+    from keras_dynmask.core import _random
+    from keras_dynmask.core import masked_lm
 
     rows, length = 64, 512
     keys = _random.row_keys(9, 0, rows)
@@ -363,8 +365,8 @@ def test_span_lengths_follow_the_truncated_geometric():
 
 
 def test_span_masking_budget_words_and_one_decision_per_span():
-    from keras_dynmask import _random
-    from keras_dynmask import masked_lm
+    from keras_dynmask.core import _random
+    from keras_dynmask.core import masked_lm
 
     ids = _batch(rows=128, length=64, seed=12)
     starts = np.random.default_rng(12).random(ids.shape) < 0.6
@@ -410,7 +412,7 @@ def test_span_masking_budget_words_and_one_decision_per_span():
 def test_int32_random_numbers_equal_the_int64_ones(monkeypatch):
     """JAX without x64 computes the keyed hash in int32 pieces: the same
     numbers, bit for bit, as the int64 path."""
-    from keras_dynmask import _random
+    from keras_dynmask.core import _random
 
     rng = np.random.default_rng(0)
     values = rng.integers(-(2**31), 2**31, 2000).astype("int64")

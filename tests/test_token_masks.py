@@ -3,7 +3,6 @@
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 import keras_dynmask as kd
 from tests.helpers import VOCABULARY
@@ -52,6 +51,8 @@ def test_span_mask_per_example_tensors():
 
 @pytest.mark.tensorflow_only
 def test_span_variables_change_without_retracing():
+    import tensorflow as tf
+
     layer = kd.SpanMask(length=1, position=0)
     traces = []
 

@@ -1,10 +1,10 @@
 """Keras layers: token masks, masked-LM masking, feature masking,
 attention, blocks."""
 
-from keras_dynmask.layers.attention import MultiHeadAttention
 from keras_dynmask.layers.attention_mask import AttentionMask
 from keras_dynmask.layers.embedding import SinusoidalPositions
 from keras_dynmask.layers.embedding import TokenEmbedding
+from keras_dynmask.layers.multi_head_attention import MultiHeadAttention
 from keras_dynmask.layers.time_frequency_masking import TimeFrequencyMasking
 from keras_dynmask.layers.token_masking import TokenMasking
 from keras_dynmask.layers.token_masks import LengthMask

@@ -3,9 +3,9 @@
 import keras
 from keras import ops
 
-from keras_dynmask import masks
-from keras_dynmask import patterns
-from keras_dynmask.parsing import as_pattern
+from keras_dynmask.core import masks
+from keras_dynmask.core import patterns
+from keras_dynmask.core.parsing import as_pattern
 
 _register = keras.saving.register_keras_serializable(package="keras_dynmask")
 

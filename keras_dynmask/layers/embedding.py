@@ -6,11 +6,11 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_dynmask._checks import check_int
-from keras_dynmask._checks import check_integer_tensor
-from keras_dynmask._checks import concrete
-from keras_dynmask._checks import warn_if_fixed_length
-from keras_dynmask._keras_mask import set_keras_mask
+from keras_dynmask.core._checks import check_int
+from keras_dynmask.core._checks import check_integer_tensor
+from keras_dynmask.core._checks import concrete
+from keras_dynmask.core._checks import warn_if_fixed_length
+from keras_dynmask.layers._keras_mask import set_keras_mask
 
 _register = keras.saving.register_keras_serializable(package="keras_dynmask")
 

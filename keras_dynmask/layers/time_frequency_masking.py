@@ -3,9 +3,9 @@
 import keras
 from keras import ops
 
-from keras_dynmask._checks import check_fraction
-from keras_dynmask._checks import check_int
-from keras_dynmask._keras_mask import get_keras_mask
+from keras_dynmask.core._checks import check_fraction
+from keras_dynmask.core._checks import check_int
+from keras_dynmask.layers._keras_mask import get_keras_mask
 
 _register = keras.saving.register_keras_serializable(package="keras_dynmask")
 

@@ -4,13 +4,13 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_dynmask import _random
-from keras_dynmask import masked_lm
-from keras_dynmask._checks import check_fraction
-from keras_dynmask._checks import check_int
-from keras_dynmask._checks import check_integer_tensor
-from keras_dynmask._distribution import replica_id
-from keras_dynmask._keras_mask import set_keras_mask
+from keras_dynmask.core import _random
+from keras_dynmask.core import masked_lm
+from keras_dynmask.core._checks import check_fraction
+from keras_dynmask.core._checks import check_int
+from keras_dynmask.core._checks import check_integer_tensor
+from keras_dynmask.layers._distribution import replica_id
+from keras_dynmask.layers._keras_mask import set_keras_mask
 
 _register = keras.saving.register_keras_serializable(package="keras_dynmask")
 
@@ -250,13 +250,13 @@ class TokenMasking(keras.layers.Layer):
         """This layer's masked-LM rules on given random keys.
 
         The one implementation of the rules, which the layer (keys from
-        its seed and step) and `keras_dynmask.data.mask_tokens_dataset`
+        its seed and step) and `keras_dynmask.tf.data.mask_tokens_dataset`
         (keys from tf.data) both call. It reads `selection_rate_variable`
         when it runs, so a schedule reaches both.
 
         Args:
             token_ids: int `(B, T)`.
-            keys: `(B,)` keys from `keras_dynmask._random`, one per row.
+            keys: `(B,)` keys from `keras_dynmask.core._random`, one per row.
             valid: bool `(B, T)`: positions that may be selected.
             word_starts: optional bool `(B, T)` for whole-word masking.
             seed: int for static masks. Defaults to the layer's seed.

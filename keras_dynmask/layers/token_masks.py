@@ -3,11 +3,11 @@
 import keras
 from keras import ops
 
-from keras_dynmask import masks
-from keras_dynmask._checks import check_int
-from keras_dynmask._checks import check_integer_tensor
-from keras_dynmask._checks import warn_if_fixed_length
-from keras_dynmask._keras_mask import set_keras_mask
+from keras_dynmask.core import masks
+from keras_dynmask.core._checks import check_int
+from keras_dynmask.core._checks import check_integer_tensor
+from keras_dynmask.core._checks import warn_if_fixed_length
+from keras_dynmask.layers._keras_mask import set_keras_mask
 
 _register = keras.saving.register_keras_serializable(package="keras_dynmask")
 

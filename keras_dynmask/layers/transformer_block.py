@@ -3,11 +3,11 @@
 import keras
 from keras import ops
 
-from keras_dynmask._checks import check_fraction
-from keras_dynmask._checks import check_int
-from keras_dynmask._keras_mask import set_keras_mask
-from keras_dynmask.layers.attention import MultiHeadAttention
-from keras_dynmask.parsing import as_pattern
+from keras_dynmask.core._checks import check_fraction
+from keras_dynmask.core._checks import check_int
+from keras_dynmask.core.parsing import as_pattern
+from keras_dynmask.layers._keras_mask import set_keras_mask
+from keras_dynmask.layers.multi_head_attention import MultiHeadAttention
 
 _register = keras.saving.register_keras_serializable(package="keras_dynmask")
 

@@ -3,6 +3,20 @@
 Every exported graph recomputes its masks from each request's own ids, so
 any batch size and sequence length are accepted. TensorFlow-specific by
 design; layers never import this module.
+
+Example:
+
+>>> import pathlib, tempfile, numpy as np, keras_dynmask as kd
+>>> from keras_dynmask.tf import export
+>>> model = kd.models.build_encoder(
+...     50, num_layers=1, num_heads=2, hidden_dim=8, intermediate_dim=16)
+>>> folder = pathlib.Path(tempfile.mkdtemp()) / "encoder"
+>>> saved = export.to_saved_model(model, folder)
+>>> saved.name
+'1'
+>>> gaps = export.parity(model, np.array([[2, 5, 6, 3]]), saved_model=saved)
+>>> gaps["saved_model"] < 1e-5
+True
 """
 
 import os
@@ -16,7 +30,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_dynmask._quiet import held_back_stderr
+from keras_dynmask.tf.quiet import held_back_stderr
 
 QUANTIZATIONS = (None, "dynamic_range", "float16", "int8")
 
@@ -124,7 +138,7 @@ def to_text_saved_model(model, tokenizer, directory, version=None):
 
     Args:
         model: a Keras model whose only input is `token_ids`.
-        tokenizer: a `keras_dynmask.tokenizer.WordPieceTokenizer`.
+        tokenizer: a `keras_dynmask.tf.tokenizer.WordPieceTokenizer`.
         directory: the text model's folder; versions are numbered
             subfolders. Its parent must exist.
         version: int, or `None` for the next free number.

@@ -3,11 +3,22 @@
 Parameters that change during training (a masking rate, a span, a window)
 live in non-trainable variables; assigning a variable changes what the
 compiled training step computes without retracing it.
+
+Example: a masking rate decaying from 0.30 to 0.15 over 1,000 steps.
+
+>>> import keras_dynmask as kd
+>>> masking = kd.TokenMasking(100, mask_token_id=1)
+>>> decay = kd.schedules.VariableSchedule(
+...     masking.selection_rate_variable, kd.schedules.linear(0.3, 0.15, 1000))
+>>> for step in range(501):
+...     decay.on_train_batch_begin(step)
+>>> round(float(masking.selection_rate_variable.numpy()), 3)
+0.225
 """
 
 import keras
 
-from keras_dynmask._checks import check_int
+from keras_dynmask.core._checks import check_int
 
 
 def linear(start, end, steps):
@@ -16,7 +27,7 @@ def linear(start, end, steps):
 
     Example:
 
-    >>> from keras_dynmask.schedules import linear
+    >>> from keras_dynmask.models.schedules import linear
     >>> f = linear(0.3, 0.15, steps=3)
     >>> [round(f(step), 3) for step in range(5)]
     [0.3, 0.25, 0.2, 0.15, 0.15]
@@ -44,7 +55,7 @@ class VariableSchedule(keras.callbacks.Callback):
     Example:
 
     >>> import keras_dynmask
-    >>> from keras_dynmask.schedules import VariableSchedule, linear
+    >>> from keras_dynmask.models.schedules import VariableSchedule, linear
     >>> masking = keras_dynmask.TokenMasking(100, mask_token_id=1)
     >>> callback = VariableSchedule(
     ...     masking.selection_rate_variable, linear(0.30, 0.15, 1000))

@@ -1,5 +1,13 @@
 """Pictures of masks (matplotlib): attention patterns, token masks, and
 masked-LM selections, with padding and replacements in their own colours.
+
+Example:
+
+>>> import keras_dynmask as kd
+>>> mask = kd.parse_pattern("causal & window(2)").mask(6).numpy()[0]
+>>> figure = kd.viz.plot_attention_mask(mask, title="causal & window(2)")
+>>> type(figure).__name__
+'Figure'
 """
 
 import numpy as np

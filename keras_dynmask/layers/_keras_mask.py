@@ -16,10 +16,27 @@ carries at run time.
 """
 
 from keras import ops
-from keras.src.backend.common.masking import get_keras_mask
-from keras.src.backend.common.masking import set_keras_mask
+from keras.src.backend.common import masking
 
 __all__ = ["get_keras_mask", "set_keras_mask", "without_mask"]
+
+
+def get_keras_mask(x):
+    """The mask Keras propagates with `x`: bool `(B, T)`, or `None`.
+
+    Example:
+
+    >>> import numpy as np, keras, keras_dynmask as kd
+    >>> x = keras.layers.Embedding(9, 2, mask_zero=True)(np.array([[4, 0]]))
+    >>> kd.get_keras_mask(x).numpy()
+    array([[ True, False]])
+    """
+    return masking.get_keras_mask(x)
+
+
+def set_keras_mask(x, mask):
+    """Attaches `mask` to `x`, a tensor the caller has just created."""
+    masking.set_keras_mask(x, mask)
 
 
 def without_mask(x):

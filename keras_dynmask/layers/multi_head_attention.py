@@ -5,47 +5,18 @@ import math
 import keras
 from keras import ops
 
-from keras_dynmask import blockwise
-from keras_dynmask._checks import check_fraction
-from keras_dynmask._checks import check_int
-from keras_dynmask._keras_mask import set_keras_mask
-from keras_dynmask._keras_mask import without_mask
+from keras_dynmask.attention import blockwise
+from keras_dynmask.attention.cache import write_cache
+from keras_dynmask.attention.softmax import softmax_attention
+from keras_dynmask.core._checks import check_fraction
+from keras_dynmask.core._checks import check_int
+from keras_dynmask.core.parsing import as_pattern
+from keras_dynmask.layers._keras_mask import set_keras_mask
+from keras_dynmask.layers._keras_mask import without_mask
 from keras_dynmask.layers.attention_mask import call_attention_mask
 from keras_dynmask.layers.attention_mask import pattern_variables
-from keras_dynmask.parsing import as_pattern
-from keras_dynmask.softmax_attention import softmax_attention
 
 _register = keras.saving.register_keras_serializable(package="keras_dynmask")
-
-
-def write_cache(cache, new, index):
-    """`cache` with `new` written at positions `index, index + 1, ...`.
-
-    Args:
-        cache: `(B, S, ...)`.
-        new: `(B, T, ...)`, the same trailing shape.
-        index: int or int tensor `(B,)`: where each row's `new[:, 0]` goes.
-
-    Returns:
-        `(B, S, ...)`. A one-hot product rather than a scatter, so each row
-        may write at its own position and the graph stays TFLite-builtin;
-        it is exact (each written value is multiplied by one).
-    """
-    batch, length = ops.shape(new)[0], ops.shape(new)[1]
-    index = ops.broadcast_to(
-        ops.reshape(ops.convert_to_tensor(index, "int32"), (-1,)), (batch,)
-    )
-    positions = ops.expand_dims(index, 1) + ops.arange(length, dtype="int32")
-    one_hot = ops.one_hot(positions, ops.shape(cache)[1], dtype=new.dtype)
-    new_flat = ops.reshape(new, (batch, length, -1))
-    written = ops.reshape(
-        ops.einsum("bts,btf->bsf", one_hot, new_flat), ops.shape(cache)
-    )
-    touched = ops.reshape(
-        ops.any(ops.cast(one_hot, "bool"), axis=1),
-        (batch, ops.shape(cache)[1]) + (1,) * (len(cache.shape) - 2),
-    )
-    return ops.where(touched, written, cache)
 
 
 def _given_mask(attention_mask):
@@ -102,8 +73,9 @@ class MultiHeadAttention(keras.layers.Layer):
         block_size: int > 0 or `None`. For window patterns (alone or with
             causal, backward, segment and padding masks) in self-attention,
             attention is computed in blocks of this many queries over only
-            the key blocks the window reaches (`keras_dynmask.blockwise`),
-            whenever that is at most half the sequence: time and
+            the key blocks the window reaches
+            (`keras_dynmask.attention.blockwise`), whenever that is at most
+            half the sequence: time and
             memory grow with `T x window`, not `T x T`, and the results
             equal the dense path's. On the TensorFlow backend; `None` always
             uses the dense path. Defaults to `128`.

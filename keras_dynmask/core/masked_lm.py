@@ -14,15 +14,15 @@ set of rules:
   `mask_token_rate`, a random drawable token with `random_token_rate`, and
   stays itself otherwise.
 
-Randomness comes from per-row keys (`keras_dynmask._random`), so results are
-a function of (key, position) only.
+Randomness comes from per-row keys (`keras_dynmask.core._random`), so
+results are a function of (key, position) only.
 """
 
 import math
 
 from keras import ops
 
-from keras_dynmask import _random
+from keras_dynmask.core import _random
 
 # Streams derived from the selection scores' random bits.
 _DECISIONS, _REPLACEMENTS, _SPAN_LENGTHS = 1, 2, 3
@@ -45,7 +45,7 @@ def word_starts_from_vocabulary(token_ids, vocabulary):
 
     Example:
 
-    >>> from keras_dynmask.masked_lm import word_starts_from_vocabulary
+    >>> from keras_dynmask.core.masked_lm import word_starts_from_vocabulary
     >>> vocab = ["[PAD]", "play", "##ing", "ball", "##s"]
     >>> word_starts_from_vocabulary([[1, 2, 3, 4, 0]], vocab).numpy()
     array([[ True, False,  True, False,  True]])

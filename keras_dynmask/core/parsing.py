@@ -16,7 +16,7 @@ for them: `window(2, name=local)`, `prefix(3, name=p)`.
 
 import re
 
-from keras_dynmask import patterns
+from keras_dynmask.core import patterns
 
 # word: (pattern class, argument counts it accepts)
 _WORDS = {
@@ -40,7 +40,7 @@ def parse_pattern(text):
             `"segment & ~span(2, 4)"`.
 
     Returns:
-        A `keras_dynmask.patterns.Pattern`; `str()` of it parses back to an
+        A `keras_dynmask.core.patterns.Pattern`; `str()` of it parses back to an
         equal pattern.
 
     Raises:

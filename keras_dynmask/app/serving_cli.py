@@ -20,11 +20,19 @@ def _vocabulary(given, near):
     return None
 
 
-def run_export(args):
+def _load_keras(path):
+    """A `.keras` model; the package's classes are registered first (the
+    command loads the package lazily)."""
     import keras
 
-    from keras_dynmask import export
-    from keras_dynmask.tokenizer import WordPieceTokenizer
+    import keras_dynmask.models  # noqa: F401
+
+    return keras.saving.load_model(path)
+
+
+def run_export(args):
+    from keras_dynmask.tf import export
+    from keras_dynmask.tf.tokenizer import WordPieceTokenizer
 
     if not args.saved_model and not args.tflite:
         raise ValueError(
@@ -35,7 +43,7 @@ def run_export(args):
     source = pathlib.Path(args.model)
     if source.suffix != ".keras" or not source.is_file():
         raise ValueError(f"No .keras model file at {args.model!r}")
-    model = keras.saving.load_model(source)
+    model = _load_keras(source)
     vocabulary = _vocabulary(args.vocabulary, source.parent)
     tokenizer = WordPieceTokenizer.load(vocabulary) if vocabulary else None
     if tokenizer is not None:
@@ -74,7 +82,7 @@ def run_export(args):
 
 
 def run_predict(args):
-    from keras_dynmask import export
+    from keras_dynmask.tf import export
 
     artifact = pathlib.Path(args.artifact)
     if not artifact.exists():
@@ -97,7 +105,7 @@ def run_predict(args):
     tokenizer = None
     vocabulary = _vocabulary(args.vocabulary, artifact)
     if vocabulary is not None:
-        from keras_dynmask.tokenizer import WordPieceTokenizer
+        from keras_dynmask.tf.tokenizer import WordPieceTokenizer
 
         tokenizer = WordPieceTokenizer.load(vocabulary)
     if args.text is not None and tokenizer is None:
@@ -130,13 +138,11 @@ def run_predict(args):
 def _run(artifact, ids, text):
     """The artifact's outputs `{name: array}` for one example."""
     if artifact.suffix == ".tflite":
-        from keras_dynmask.export import tflite_runner
+        from keras_dynmask.tf.export import tflite_runner
 
         return tflite_runner(artifact)(token_ids=ids)
     if artifact.suffix == ".keras":
-        import keras
-
-        outputs = keras.saving.load_model(artifact).predict(ids, verbose=0)
+        outputs = _load_keras(artifact).predict(ids, verbose=0)
         if not isinstance(outputs, dict):
             outputs = {"outputs": outputs}
         return {k: np.asarray(v) for k, v in outputs.items()}
@@ -161,7 +167,7 @@ def describe(outputs, ids, tokenizer, shown, top_k=5):
     `[MASK]` of a masked-LM, per position of `(T, V)` logits, or of a
     `(C,)` score vector; other outputs as values."""
     if {"logits", "mask_positions", "mask_weights"} <= set(outputs):
-        from keras_dynmask.pretraining import describe_guesses
+        from keras_dynmask.app.pretraining import describe_guesses
 
         return describe_guesses(outputs, tokenizer, shown, top_k)
     lines = [f"Input: {shown}"]

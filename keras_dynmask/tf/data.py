@@ -1,13 +1,21 @@
-"""The tf.data side: masked-LM masking in the input pipeline (CPU).
+"""The tf.data side: batches padded to their own longest sequence, the
+training stream a resumed run rejoins, and masked-LM masking in the input
+pipeline (CPU).
 
-TensorFlow-specific by design; layers never import this module.
+Example:
+
+>>> import numpy as np
+>>> from keras_dynmask.tf import data
+>>> rows = [np.array([2, 5, 6, 3]), np.array([2, 7, 3])]
+>>> [batch.numpy().tolist() for batch in data.batched(rows, batch_size=2)]
+[[[2, 5, 6, 3], [2, 7, 3, 0]]]
 """
 
 import numpy as np
 import tensorflow as tf
 
-from keras_dynmask import _random
-from keras_dynmask._checks import check_int
+from keras_dynmask.core import _random
+from keras_dynmask.core._checks import check_int
 
 
 def sequences(tokenizer, documents, max_length):
@@ -167,7 +175,7 @@ def mask_tokens_dataset(dataset, masking, seed=None):
     Example:
 
     >>> import tensorflow as tf, keras_dynmask
-    >>> from keras_dynmask.data import mask_tokens_dataset
+    >>> from keras_dynmask.tf.data import mask_tokens_dataset
     >>> masking = keras_dynmask.TokenMasking(100, mask_token_id=1, seed=0)
     >>> ids = tf.data.Dataset.from_tensor_slices([[5, 6, 7, 8, 0]]).batch(1)
     >>> batch = next(iter(mask_tokens_dataset(ids, masking)))

@@ -1,4 +1,12 @@
-"""A WordPiece tokenizer built with tensorflow-text, cached on disk."""
+"""A WordPiece tokenizer built with tensorflow-text, cached on disk.
+
+Example:
+
+>>> from keras_dynmask.tf.tokenizer import SPECIAL_TOKENS, WordPieceTokenizer
+>>> tokenizer = WordPieceTokenizer([*SPECIAL_TOKENS, "the", "list", "##s"])
+>>> tokenizer.encode(["The lists [MASK]"]).tolist()
+[[2, 5, 6, 7, 4, 3]]
+"""
 
 import hashlib
 import pathlib
@@ -8,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_text as text
 
-from keras_dynmask._checks import check_int
+from keras_dynmask.core._checks import check_int
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 MASK_TOKEN = "[MASK]"

@@ -21,8 +21,8 @@ so `MultiHeadAttention` takes this path on the TensorFlow backend only.
 import keras
 from keras import ops
 
-from keras_dynmask import patterns
-from keras_dynmask.softmax_attention import softmax_attention
+from keras_dynmask.attention.softmax import softmax_attention
+from keras_dynmask.core import patterns
 
 # Leaves whose rule depends only on `key - query` (or on segment ids that
 # are gathered with the keys): a block can evaluate them relative to its

@@ -16,15 +16,15 @@ import time
 import keras
 import numpy as np
 
-from keras_dynmask import corpus
-from keras_dynmask import data
-from keras_dynmask import export
 from keras_dynmask import models
-from keras_dynmask._checks import check_fraction
-from keras_dynmask._checks import check_int
+from keras_dynmask.app import corpus
+from keras_dynmask.app.pretraining_defaults import DEFAULTS
+from keras_dynmask.core._checks import check_fraction
+from keras_dynmask.core._checks import check_int
 from keras_dynmask.layers import TokenMasking
-from keras_dynmask.pretraining_defaults import DEFAULTS
-from keras_dynmask.tokenizer import WordPieceTokenizer
+from keras_dynmask.tf import data
+from keras_dynmask.tf import export
+from keras_dynmask.tf.tokenizer import WordPieceTokenizer
 
 SAMPLE = "Return a new [MASK] containing the items of the list."
 

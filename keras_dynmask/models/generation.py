@@ -9,6 +9,13 @@ padded slot is overwritten before any query can reach it. So a prompt's
 continuation is the same whatever batch it is in, and decoding with the
 cache gives the same tokens as running the whole model on the whole text
 at every step.
+
+Example:
+
+>>> import keras_dynmask as kd
+>>> lm = kd.models.build_causal_lm(50, num_layers=1, hidden_dim=8, num_heads=2)
+>>> [len(tokens) for tokens in kd.generation.generate(lm, [[5, 6], [7]], 3)]
+[3, 3]
 """
 
 import weakref
@@ -17,8 +24,8 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_dynmask import _random
-from keras_dynmask._checks import check_int
+from keras_dynmask.core import _random
+from keras_dynmask.core._checks import check_int
 from keras_dynmask.layers import TokenEmbedding
 from keras_dynmask.layers import TransformerBlock
 

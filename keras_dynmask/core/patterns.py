@@ -9,14 +9,23 @@ Per-example inputs a pattern may read, by name:
 - `segment_ids` `(B, T)` and `key_segment_ids` `(B, S)` for `segment`;
 - `prefix_length` `(B,)` for `prefix` without a fixed length;
 - `span_length` and `span_position` `(B,)` for `span` without fixed values.
+
+Example:
+
+>>> import keras_dynmask as kd
+>>> pattern = kd.parse_pattern("causal | prefix")
+>>> sorted(pattern.required_inputs())
+['prefix_length']
+>>> pattern.hides_future()
+False
 """
 
 import re
 
 import keras
 
-from keras_dynmask import masks
-from keras_dynmask._checks import check_int
+from keras_dynmask.core import masks
+from keras_dynmask.core._checks import check_int
 
 PATTERN_INPUTS = (
     "segment_ids",
@@ -34,6 +43,18 @@ class Pattern:
 
     Compose patterns with `&` (both allow), `|` (either allows) and `~`
     (the complement). `str(pattern)` is text that `parse_pattern` reads back.
+
+    Example:
+
+    >>> import keras_dynmask as kd
+    >>> pattern = kd.Causal() & kd.Window(1)
+    >>> print(pattern)
+    causal & window(1)
+    >>> pattern.mask(4).numpy().astype(int)[0]
+    array([[1, 0, 0, 0],
+           [1, 1, 0, 0],
+           [0, 1, 1, 0],
+           [0, 0, 1, 1]])
     """
 
     # Precedence for printing: `~` binds tighter than `&`, `&` than `|`.
@@ -217,7 +238,16 @@ def _check_pattern(name, value):
 
 @_register
 class Causal(Pattern):
-    """Forward pattern: query `i` sees key `j` iff `j <= i`."""
+    """Forward pattern: query `i` sees key `j` iff `j <= i`.
+
+    Example:
+
+    >>> import keras_dynmask as kd
+    >>> kd.Causal().mask(3).numpy().astype(int)[0]
+    array([[1, 0, 0],
+           [1, 1, 0],
+           [1, 1, 1]])
+    """
 
     def _mask(self, query_length, key_length, offset, inputs):
         return masks.causal_mask(query_length, key_length, offset)
@@ -231,7 +261,16 @@ class Causal(Pattern):
 
 @_register
 class Backward(Pattern):
-    """Backward pattern: query `i` sees key `j` iff `j >= i`."""
+    """Backward pattern: query `i` sees key `j` iff `j >= i`.
+
+    Example:
+
+    >>> import keras_dynmask as kd
+    >>> kd.Backward().mask(3).numpy().astype(int)[0]
+    array([[1, 1, 1],
+           [0, 1, 1],
+           [0, 0, 1]])
+    """
 
     def _mask(self, query_length, key_length, offset, inputs):
         return masks.backward_mask(query_length, key_length, offset)
@@ -245,7 +284,15 @@ class Backward(Pattern):
 
 @_register
 class Bidirectional(Pattern):
-    """Every query sees every key."""
+    """Every query sees every key.
+
+    Example:
+
+    >>> import keras_dynmask as kd
+    >>> kd.Bidirectional().mask(2, 3).numpy().astype(int)[0]
+    array([[1, 1, 1],
+           [1, 1, 1]])
+    """
 
     def _mask(self, query_length, key_length, offset, inputs):
         return masks.bidirectional_mask(query_length, key_length, offset)
@@ -266,6 +313,16 @@ class Window(_Word):
         right: int >= 0. Keys visible after it. Defaults to `left`.
         name: optional identifier naming the variables a layer holds for
             `left` and `right` (`NAME_left`, `NAME_right`).
+
+    Example:
+
+    >>> import keras_dynmask as kd
+    >>> kd.Window(1, 0).mask(3).numpy().astype(int)[0]
+    array([[1, 0, 0],
+           [1, 1, 0],
+           [0, 1, 1]])
+    >>> print(kd.Window(2, name="local"))
+    window(2, name=local)
     """
 
     _word = "window"
@@ -307,6 +364,19 @@ class Prefix(_Word):
             per-example input `prefix_length`. Defaults to `None`.
         name: optional identifier naming the variable a layer holds for a
             fixed `length` (`NAME_length`).
+
+    Example:
+
+    >>> import numpy as np, keras_dynmask as kd
+    >>> kd.Prefix(2).mask(3).numpy().astype(int)[0]
+    array([[1, 1, 0],
+           [1, 1, 0],
+           [1, 1, 0]])
+    >>> prefix_lm = kd.Causal() | kd.Prefix()  # per-example lengths
+    >>> prefix_lm.mask(3, prefix_length=np.array([2])).numpy().astype(int)[0]
+    array([[1, 1, 0],
+           [1, 1, 0],
+           [1, 1, 1]])
     """
 
     _word = "prefix"
@@ -342,7 +412,20 @@ class Prefix(_Word):
 
 @_register
 class Segment(Pattern):
-    """Query `i` sees key `j` iff both lie in the same segment."""
+    """Query `i` sees key `j` iff both lie in the same segment.
+
+    Reads `segment_ids` `(B, T)` (and `key_segment_ids` `(B, S)` when the
+    keys are other positions): packed documents see only themselves.
+
+    Example:
+
+    >>> import numpy as np, keras_dynmask as kd
+    >>> segments = np.array([[0, 0, 1]])
+    >>> kd.Segment().mask(3, segment_ids=segments).numpy().astype(int)[0]
+    array([[1, 1, 0],
+           [1, 1, 0],
+           [0, 0, 1]])
+    """
 
     def required_inputs(self):
         return frozenset({"segment_ids"})
@@ -369,6 +452,13 @@ class Span(_Word):
             Give both or neither. Both default to `None`.
         name: optional identifier naming the variables a layer holds for
             fixed values (`NAME_length`, `NAME_position`).
+
+    Example:
+
+    >>> import keras_dynmask as kd
+    >>> kd.Span(2, 1).mask(2, 4).numpy().astype(int)[0]
+    array([[0, 1, 1, 0],
+           [0, 1, 1, 0]])
     """
 
     _word = "span"
@@ -487,7 +577,16 @@ class _Combination(Pattern):
 
 @_register
 class And(_Combination):
-    """Keys that every one of `patterns` allows."""
+    """Keys that every one of `patterns` allows (`a & b`).
+
+    Example:
+
+    >>> import keras_dynmask as kd
+    >>> kd.And(kd.Causal(), kd.Backward()).mask(3).numpy().astype(int)[0]
+    array([[1, 0, 0],
+           [0, 1, 0],
+           [0, 0, 1]])
+    """
 
     _symbol = "&"
     _precedence = 2
@@ -498,7 +597,16 @@ class And(_Combination):
 
 @_register
 class Or(_Combination):
-    """Keys that any one of `patterns` allows."""
+    """Keys that any one of `patterns` allows (`a | b`).
+
+    Example:
+
+    >>> import keras_dynmask as kd
+    >>> kd.Or(kd.Causal(), kd.Prefix(2)).mask(3).numpy().astype(int)[0]
+    array([[1, 1, 0],
+           [1, 1, 0],
+           [1, 1, 1]])
+    """
 
     _symbol = "|"
     _precedence = 1
@@ -508,7 +616,16 @@ class Or(_Combination):
 
 @_register
 class Not(Pattern):
-    """Keys that `pattern` hides."""
+    """Keys that `pattern` hides (`~pattern`).
+
+    Example:
+
+    >>> import keras_dynmask as kd
+    >>> kd.Not(kd.Backward()).mask(3).numpy().astype(int)[0]
+    array([[0, 0, 0],
+           [1, 0, 0],
+           [1, 1, 0]])
+    """
 
     def __init__(self, pattern):
         self.pattern = _check_pattern("pattern", pattern)

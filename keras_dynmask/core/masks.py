@@ -9,13 +9,22 @@ right. Where every parameter is a scalar the batch axis is 1 and broadcasts.
 Lengths, offsets and parameters may be Python ints, scalar tensors,
 variables or per-example `(B,)` tensors; nothing is fixed at trace time, so
 the same graph serves every sequence length.
+
+Example: a causal mask for a padded batch.
+
+>>> import numpy as np, keras_dynmask as kd
+>>> padding = kd.padding_mask(np.array([[5, 6, 0]]))
+>>> kd.merge_masks(kd.causal_mask(3), padding, padding).numpy().astype(int)
+array([[[1, 0, 0],
+        [1, 1, 0],
+        [0, 0, 0]]])
 """
 
 from keras import ops
 
-from keras_dynmask._checks import check_int
-from keras_dynmask._checks import check_integer_tensor
-from keras_dynmask._checks import is_python_int
+from keras_dynmask.core._checks import check_int
+from keras_dynmask.core._checks import check_integer_tensor
+from keras_dynmask.core._checks import is_python_int
 
 
 def padding_mask(token_ids, pad_id=0):
@@ -141,6 +150,13 @@ def bidirectional_mask(query_length, key_length=None, offset=0):
 
     Returns:
         bool `(B, T, S)`.
+
+    Example:
+
+    >>> import keras_dynmask
+    >>> keras_dynmask.bidirectional_mask(2, 3).numpy().astype(int)
+    array([[[1, 1, 1],
+            [1, 1, 1]]])
     """
     query, key = _grid(query_length, key_length, offset)
     return ops.logical_and(_every(query), _every(key))

@@ -54,6 +54,11 @@ def start_devices():
 
     For scripts that own their process (the command line, the examples, the
     benchmarks); call it after any `tf.config` device settings.
+
+    Example:
+
+    >>> import keras_dynmask
+    >>> keras_dynmask.start_devices()
     """
     with held_back_stderr():
         import tensorflow as tf

@@ -49,7 +49,7 @@ def _parser():
         help="train a small Transformer with dynamic masks and show them",
     )
 
-    from keras_dynmask.pretraining_defaults import DEFAULTS
+    from keras_dynmask.app.pretraining_defaults import DEFAULTS
 
     pretrain = commands.add_parser(
         "pretrain",
@@ -192,7 +192,7 @@ def _show_mask(args, parser):
     for row in mask:
         print("".join("1" if cell else "0" for cell in row))
     if args.png:
-        from keras_dynmask.viz import save_attention_mask
+        from keras_dynmask.app.viz import save_attention_mask
 
         save_attention_mask(mask, args.png, title=str(pattern))
 
@@ -221,9 +221,9 @@ def _check_picture_path(path, parser):
 def main(argv=None):
     parser = _parser()
     args = parser.parse_args(argv)
-    from keras_dynmask import _quiet
+    from keras_dynmask.tf import quiet
 
-    _quiet.start_devices()
+    quiet.start_devices()
     try:
         _run(args, parser)
     except ValueError as error:
@@ -244,12 +244,12 @@ def _run(args, parser):
     if args.command == "show-mask":
         _show_mask(args, parser)
     elif args.command == "demo":
-        from keras_dynmask.demo import run_demo
+        from keras_dynmask.app.demo import run_demo
 
         run_demo()
     elif args.command == "pretrain":
-        from keras_dynmask import pretraining
-        from keras_dynmask.pretraining_defaults import DEFAULTS
+        from keras_dynmask.app import pretraining
+        from keras_dynmask.app.pretraining_defaults import DEFAULTS
 
         pretraining.pretrain(
             corpus_path=args.corpus,
@@ -258,7 +258,7 @@ def _run(args, parser):
             **{name: getattr(args, name) for name in DEFAULTS},
         )
     elif args.command == "fill-mask":
-        from keras_dynmask import pretraining
+        from keras_dynmask.app import pretraining
 
         model, tokenizer = pretraining.load(args.model)
         lines = pretraining.fill_mask(
@@ -266,11 +266,11 @@ def _run(args, parser):
         )
         print("\n".join(lines))
     elif args.command == "export":
-        from keras_dynmask.serving_cli import run_export
+        from keras_dynmask.app.serving_cli import run_export
 
         run_export(args)
     elif args.command == "predict":
-        from keras_dynmask.serving_cli import run_predict
+        from keras_dynmask.app.serving_cli import run_predict
 
         run_predict(args)
 

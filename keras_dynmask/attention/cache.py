@@ -1,0 +1,33 @@
+"""The key/value cache: writing new keys and values at each row's position."""
+
+from keras import ops
+
+
+def write_cache(cache, new, index):
+    """`cache` with `new` written at positions `index, index + 1, ...`.
+
+    Args:
+        cache: `(B, S, ...)`.
+        new: `(B, T, ...)`, the same trailing shape.
+        index: int or int tensor `(B,)`: where each row's `new[:, 0]` goes.
+
+    Returns:
+        `(B, S, ...)`. A one-hot product rather than a scatter, so each row
+        may write at its own position and the graph stays TFLite-builtin;
+        it is exact (each written value is multiplied by one).
+    """
+    batch, length = ops.shape(new)[0], ops.shape(new)[1]
+    index = ops.broadcast_to(
+        ops.reshape(ops.convert_to_tensor(index, "int32"), (-1,)), (batch,)
+    )
+    positions = ops.expand_dims(index, 1) + ops.arange(length, dtype="int32")
+    one_hot = ops.one_hot(positions, ops.shape(cache)[1], dtype=new.dtype)
+    new_flat = ops.reshape(new, (batch, length, -1))
+    written = ops.reshape(
+        ops.einsum("bts,btf->bsf", one_hot, new_flat), ops.shape(cache)
+    )
+    touched = ops.reshape(
+        ops.any(ops.cast(one_hot, "bool"), axis=1),
+        (batch, ops.shape(cache)[1]) + (1,) * (len(cache.shape) - 2),
+    )
+    return ops.where(touched, written, cache)

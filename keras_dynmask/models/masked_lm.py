@@ -1,0 +1,191 @@
+"""MaskedLM: an encoder trained by masked-LM with masks drawn in the graph."""
+
+import keras
+from keras import ops
+
+from keras_dynmask.layers import TokenMasking
+from keras_dynmask.layers._keras_mask import without_mask
+
+_register = keras.saving.register_keras_serializable(package="keras_dynmask")
+
+
+def gather_positions(hidden, positions):
+    """`hidden[b, positions[b, k]]`, shape `(B, K, D)`.
+
+    A one-hot matmul rather than `take_along_axis`: exact, differentiable,
+    TFLite-builtin, and its gradient avoids the int64 scatter that makes
+    oneDNN log an error on CPUs without AVX-512.
+    """
+    length = ops.shape(hidden)[1]
+    one_hot = ops.one_hot(positions, length, dtype=hidden.dtype)
+    return ops.einsum("bkt,btd->bkd", one_hot, hidden)
+
+
+@_register
+class MaskedLM(keras.Model):
+    """Masked-LM pretraining on an encoder, with masks drawn in the graph.
+
+    `fit(token_ids)` needs no labels: each training step draws a fresh
+    masking pattern with `masking` (RoBERTa's dynamic masking), predicts the
+    hidden tokens and scores them (loss and accuracy over the selected
+    positions only). `evaluate` uses fixed masks (a static copy of
+    `masking`, seeded by `evaluation_seed`), so epochs compare on the same
+    masks. `predict` and exports draw nothing: they predict the positions
+    that already hold the mask token (fill-mask).
+
+    Args:
+        encoder: a model from `build_encoder` (input `token_ids`).
+        masking: a `TokenMasking` layer.
+        tie_embeddings: bool. Score with the token embedding matrix.
+            Defaults to `True`.
+        evaluation_seed: int. Defaults to `0`.
+        **kwargs: base model arguments.
+
+    Call returns a dict: `logits` `(B, K, vocabulary_size)` at
+    `mask_positions` `(B, K)`, with `mask_ids` and `mask_weights` `(B, K)`.
+    """
+
+    def __init__(
+        self,
+        encoder,
+        masking,
+        tie_embeddings=True,
+        evaluation_seed=0,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if not isinstance(masking, TokenMasking):
+            raise ValueError(
+                "masking must be a keras_dynmask.TokenMasking layer, "
+                f"received masking={masking!r}"
+            )
+        self.encoder = encoder
+        self.masking = masking
+        self.tie_embeddings = bool(tie_embeddings)
+        self.evaluation_seed = int(evaluation_seed)
+        config = masking.get_config()
+        config.update(
+            name=f"{masking.name}_evaluation",
+            static=True,
+            dupe_factor=1,
+            seed=self.evaluation_seed,
+        )
+        self.evaluation_masking = TokenMasking.from_config(config)
+        self.embedding = encoder.get_layer("token_embedding")
+        hidden_dim = self.embedding.output_dim
+        self.transform = keras.layers.Dense(
+            hidden_dim, activation="gelu", name="mlm_transform"
+        )
+        self.transform_norm = keras.layers.LayerNormalization(
+            epsilon=1e-5, name="mlm_norm"
+        )
+        vocabulary_size = self.embedding.vocabulary_size
+        if self.tie_embeddings:
+            self.output_bias = self.add_weight(
+                shape=(vocabulary_size,), initializer="zeros", name="bias"
+            )
+        else:
+            self.decoder = keras.layers.Dense(vocabulary_size, name="decoder")
+        self.accuracy = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+        self._evaluating = False
+
+    def build(self, input_shape=None):
+        hidden_dim = self.embedding.output_dim
+        self.transform.build((None, None, hidden_dim))
+        self.transform_norm.build((None, None, hidden_dim))
+        if not self.tie_embeddings:
+            self.decoder.build((None, None, hidden_dim))
+
+    def call(self, token_ids, training=None):
+        # As a functional model's int32 Input would, for TensorFlow's
+        # default float signature when the model is tracked for saving.
+        token_ids = ops.cast(token_ids, "int32")
+        if training:
+            masked = self.masking(token_ids, training=True)
+        elif self._evaluating:
+            masked = self.evaluation_masking(token_ids, training=True)
+        else:
+            masked = self.masking(token_ids, training=False)
+        # The encoder rebuilds the padding mask from the ids themselves.
+        hidden = self.encoder(
+            without_mask(masked["token_ids"]), training=training
+        )
+        hidden = gather_positions(hidden, masked["mask_positions"])
+        hidden = self.transform_norm(self.transform(hidden))
+        if self.tie_embeddings:
+            logits = self.embedding(hidden, reverse=True) + ops.cast(
+                self.output_bias, hidden.dtype
+            )
+        else:
+            logits = self.decoder(hidden)
+        return {
+            "logits": logits,
+            "mask_positions": masked["mask_positions"],
+            "mask_ids": masked["mask_ids"],
+            "mask_weights": masked["mask_weights"],
+        }
+
+    def test_step(self, *args):
+        # The traced test step draws the fixed evaluation masks. (JAX's
+        # trainer passes the state before the data.)
+        self._evaluating = True
+        try:
+            return super().test_step(*args)
+        finally:
+            self._evaluating = False
+
+    def compute_loss(
+        self, x=None, y=None, y_pred=None, sample_weight=None, training=True
+    ):
+        logits = ops.cast(y_pred["logits"], "float32")
+        weights = y_pred["mask_weights"]
+        losses = keras.losses.sparse_categorical_crossentropy(
+            y_pred["mask_ids"], logits, from_logits=True
+        )
+        # The mean over real selections, not over all K slots; a sample
+        # weight scales its row's terms, as Keras' sum-over-batch losses do.
+        total = ops.sum(losses * _weighted(weights, sample_weight))
+        loss = total / ops.maximum(ops.sum(weights), 1.0)
+        if self.losses:  # regularizers and `add_loss` terms
+            loss = loss + ops.sum(
+                ops.stack([ops.cast(term, "float32") for term in self.losses])
+            )
+        return loss
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        self.accuracy.update_state(
+            y_pred["mask_ids"],
+            ops.cast(y_pred["logits"], "float32"),
+            sample_weight=_weighted(y_pred["mask_weights"], sample_weight),
+        )
+        return self.get_metrics_result()
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "encoder": keras.saving.serialize_keras_object(self.encoder),
+            "masking": keras.saving.serialize_keras_object(self.masking),
+            "tie_embeddings": self.tie_embeddings,
+            "evaluation_seed": self.evaluation_seed,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["encoder"] = keras.saving.deserialize_keras_object(
+            config["encoder"]
+        )
+        config["masking"] = keras.saving.deserialize_keras_object(
+            config["masking"]
+        )
+        return cls(**config)
+
+
+def _weighted(mask_weights, sample_weight):
+    """`(B, K)` selection weights times per-row `sample_weight` `(B,)`."""
+    if sample_weight is None:
+        return mask_weights
+    sample_weight = ops.cast(sample_weight, mask_weights.dtype)
+    if len(sample_weight.shape) == 1:
+        sample_weight = ops.expand_dims(sample_weight, -1)
+    return mask_weights * sample_weight
