@@ -159,3 +159,28 @@ def test_every_public_name_has_a_runnable_example():
     ]
     assert not missing, missing
     assert kd.__all__ == sorted(kd.__all__)
+
+
+def test_layers_take_every_pattern_input_by_its_one_name():
+    """`PATTERN_INPUTS` is the one list: each layer that reads pattern
+    inputs takes all of them, by those names, and the builders make
+    `keras.Input`s of the shapes it gives."""
+    import inspect
+
+    import keras_dynmask as kd
+    from keras_dynmask.core.patterns import PATTERN_INPUTS
+
+    for layer in (kd.MultiHeadAttention, kd.AttentionMask, kd.TransformerBlock):
+        taken = set(inspect.signature(layer.call).parameters)
+        assert set(PATTERN_INPUTS) <= taken, (layer.__name__, taken)
+    model = kd.models.build_encoder(
+        30,
+        num_layers=1,
+        num_heads=2,
+        hidden_dim=8,
+        intermediate_dim=16,
+        pattern="segment & (prefix | span)",
+    )
+    shapes = {t.name: tuple(t.shape[1:]) for t in model.inputs}
+    for name in ("segment_ids", "prefix_length", "span_length"):
+        assert shapes[name] == PATTERN_INPUTS[name], (name, shapes)

@@ -27,13 +27,16 @@ import keras
 from keras_dynmask.core import masks
 from keras_dynmask.core._checks import check_int
 
-PATTERN_INPUTS = (
-    "segment_ids",
-    "key_segment_ids",
-    "prefix_length",
-    "span_length",
-    "span_position",
-)
+# The per-example inputs patterns read, with their shapes after the batch
+# axis: the one list that layers' call arguments (a test checks them) and
+# the model builders' inputs follow.
+PATTERN_INPUTS = {
+    "segment_ids": (None,),  # (B, T)
+    "key_segment_ids": (None,),  # (B, S), when keys are other positions
+    "prefix_length": (),  # (B,)
+    "span_length": (),  # (B,)
+    "span_position": (),  # (B,)
+}
 
 _register = keras.saving.register_keras_serializable(package="keras_dynmask")
 

@@ -54,8 +54,10 @@ class TransformerBlock(keras.layers.Layer):
         inputs: tensor `(B, T, D)`.
         context: tensor `(B, S, D)`, the encoder's output, with its mask;
             required when `cross_attention=True`.
-        segment_ids, prefix_length, span_length, span_position:
-            per-example inputs the pattern reads.
+        segment_ids, key_segment_ids, prefix_length, span_length,
+            span_position: per-example inputs the self-attention's pattern
+            reads (`keras_dynmask.patterns.PATTERN_INPUTS`);
+            `key_segment_ids` covers the cached positions with a cache.
         attention_mask: optional bool `(B, T, T)`, ANDed with the
             self-attention's mask (for masks computed elsewhere).
         cache: optional `(B, 2, S, num_heads, key_dim)` keys and values of
@@ -185,6 +187,7 @@ class TransformerBlock(keras.layers.Layer):
         inputs,
         context=None,
         segment_ids=None,
+        key_segment_ids=None,
         prefix_length=None,
         span_length=None,
         span_position=None,
@@ -221,6 +224,7 @@ class TransformerBlock(keras.layers.Layer):
                 # With a cache, the keys are the cached positions.
                 value_mask=mask if cache is None else None,
                 segment_ids=segment_ids,
+                key_segment_ids=key_segment_ids,
                 prefix_length=prefix_length,
                 span_length=span_length,
                 span_position=span_position,

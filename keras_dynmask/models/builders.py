@@ -8,26 +8,18 @@ pattern needs (segment ids, prefix lengths, span positions) is an input.
 import keras
 
 from keras_dynmask.core.parsing import as_pattern
+from keras_dynmask.core.patterns import PATTERN_INPUTS
 from keras_dynmask.layers import TokenEmbedding
 from keras_dynmask.layers import TransformerBlock
-
-# Per-example inputs a pattern may need, with their shapes after the batch.
-_PATTERN_INPUTS = {
-    "segment_ids": (None,),
-    "prefix_length": (),
-    "span_length": (),
-    "span_position": (),
-}
 
 
 def _inputs_for(pattern, name="token_ids"):
     """Keras inputs: token ids plus whatever the pattern reads per example."""
     inputs = {name: keras.Input((None,), dtype="int32", name=name)}
     for needed in sorted(pattern.required_inputs()):
-        if needed in _PATTERN_INPUTS:
-            inputs[needed] = keras.Input(
-                _PATTERN_INPUTS[needed], dtype="int32", name=needed
-            )
+        inputs[needed] = keras.Input(
+            PATTERN_INPUTS[needed], dtype="int32", name=needed
+        )
     return inputs
 
 
