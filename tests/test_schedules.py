@@ -59,7 +59,7 @@ def test_selection_rate_and_window_change_during_fit_traced_once():
     rates, widths = [0.1, 0.3, 0.5], [1, 2, 4]
     seen = []
     probe = padded_ids([12, 12], 12, seed=1)
-    attention = block._attention
+    attention = block.self_attention
 
     traces_at_epoch_end = []
 

@@ -261,15 +261,25 @@ class TransformerBlock(keras.layers.Layer):
         return x if cache is None else (x, updated[0])
 
     @property
+    def self_attention(self):
+        """The block's self-attention, a `MultiHeadAttention`; available
+        once the block is built."""
+        self._check_built("self_attention")
+        return self._attention
+
+    @property
     def pattern_variables(self):
         """The self-attention's pattern variables (see
         `MultiHeadAttention`); available once the block is built."""
+        self._check_built("pattern_variables")
+        return self._attention.pattern_variables
+
+    def _check_built(self, attribute):
         if not self.built:
             raise ValueError(
                 f"Block {self.name!r} is not built yet: call it on an input "
-                "first, then read pattern_variables"
+                f"first, then read {attribute}"
             )
-        return self._attention.pattern_variables
 
     def _residual(self, x, norm, transform, training):
         """`x + transform(norm(x))` (pre-LN) or `norm(x + transform(x))`."""

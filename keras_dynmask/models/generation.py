@@ -284,8 +284,8 @@ class _CachedDecoder:
                     batch,
                     2,
                     size,
-                    block._attention.num_heads,
-                    block._attention.key_dim,
+                    block.self_attention.num_heads,
+                    block.self_attention.key_dim,
                 ),
                 block.compute_dtype,
             )
