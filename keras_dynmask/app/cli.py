@@ -24,6 +24,16 @@ def _parser():
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
+    _add_show_mask(commands)
+    _add_demo(commands)
+    _add_pretrain(commands)
+    _add_fill_mask(commands)
+    _add_export(commands)
+    _add_predict(commands)
+    return parser
+
+
+def _add_show_mask(commands):
     show = commands.add_parser(
         "show-mask",
         help="print the T x T mask of a pattern as lines of 0 and 1",
@@ -44,11 +54,15 @@ def _parser():
     show.add_argument("--span-position", type=int, help="POS for `span`")
     show.add_argument("--png", help="also write a picture to this file")
 
+
+def _add_demo(commands):
     commands.add_parser(
         "demo",
         help="train a small Transformer with dynamic masks and show them",
     )
 
+
+def _add_pretrain(commands):
     from keras_dynmask.app.pretraining_defaults import DEFAULTS
 
     pretrain = commands.add_parser(
@@ -79,6 +93,8 @@ def _parser():
             help="default: %(default)s",
         )
 
+
+def _add_fill_mask(commands):
     fill = commands.add_parser(
         "fill-mask",
         help="predict the [MASK] tokens of a text with a pretrained model",
@@ -91,6 +107,8 @@ def _parser():
     )
     fill.add_argument("--top-k", type=int, default=5)
 
+
+def _add_export(commands):
     exporter = commands.add_parser(
         "export",
         help="export a .keras model to a SavedModel and/or TFLite",
@@ -121,6 +139,8 @@ def _parser():
         "int8 on text (default: beside the model, if any)",
     )
 
+
+def _add_predict(commands):
     predict = commands.add_parser(
         "predict",
         help="run a SavedModel, TFLite or .keras model on text or token ids",
@@ -150,7 +170,6 @@ def _parser():
         help='print raw outputs instead: {"token_ids": [[...]], "outputs": '
         "{name: nested lists, batch first}}",
     )
-    return parser
 
 
 def _show_mask(args, parser):

@@ -157,22 +157,9 @@ def _make_output(output):
 
 def _pretrain(output, run, resuming, callbacks, log):
     settings = {name: run[name] for name in DEFAULTS}
-    corpus_path, steps_per_epoch = run["corpus"], run["steps_per_epoch"]
     keras.utils.set_random_seed(settings["seed"])
-
     start = time.time()
-    if corpus_path is None:
-        documents = corpus.default_corpus()
-        source = "the embedded corpus (standard-library docstrings, pydoc)"
-    else:
-        documents = corpus.read_corpus(corpus_path, log=log)
-        source = str(corpus_path)
-    training, held_out = corpus.split_documents(documents)
-    log(
-        f"Corpus: {source}: {len(documents)} documents, "
-        f"{sum(len(d.split()) for d in documents):,} words "
-        f"({len(held_out)} documents held out)"
-    )
+    training, held_out = _documents(run["corpus"], log)
     tokenizer = WordPieceTokenizer.build(
         training, settings["vocabulary_size"], cache_dir=cache_dir(), log=log
     )
@@ -189,6 +176,72 @@ def _pretrain(output, run, resuming, callbacks, log):
         f"{settings['max_length']} tokens, batches padded to their own "
         "longest"
     )
+    held_out_data = data.batched(held_out_sequences, settings["batch_size"])
+    model = _build(tokenizer, settings)
+    history = _train(
+        model,
+        train_sequences,
+        held_out_data,
+        settings,
+        run["steps_per_epoch"],
+        output,
+        run,
+        resuming,
+        callbacks,
+        log,
+    )
+    results = model.evaluate(held_out_data, verbose=0, return_dict=True)
+    baseline = unigram_baseline(
+        model, tokenizer, train_sequences, held_out_data
+    )
+    log(
+        f"Held-out masked-LM accuracy {results['accuracy']:.3f} "
+        f"(loss {results['loss']:.3f}); a unigram baseline (always the most "
+        f"frequent token) gets {baseline:.3f}"
+    )
+    _save_and_export(output, model, tokenizer, settings, log)
+    for line in fill_mask(model, tokenizer, SAMPLE):
+        log(line)
+    log(f"Done in {time.time() - start:.0f} s")
+    return {
+        "held_out_accuracy": results["accuracy"],
+        "held_out_loss": results["loss"],
+        "unigram_accuracy": baseline,
+        "epochs_run": len(history.history.get("loss", [])),
+    }
+
+
+def _documents(corpus_path, log):
+    """`(training, held_out)` documents of the corpus, said in a line."""
+    if corpus_path is None:
+        documents = corpus.default_corpus()
+        source = "the embedded corpus (standard-library docstrings, pydoc)"
+    else:
+        documents = corpus.read_corpus(corpus_path, log=log)
+        source = str(corpus_path)
+    training, held_out = corpus.split_documents(documents)
+    log(
+        f"Corpus: {source}: {len(documents)} documents, "
+        f"{sum(len(d.split()) for d in documents):,} words "
+        f"({len(held_out)} documents held out)"
+    )
+    return training, held_out
+
+
+def _train(
+    model,
+    train_sequences,
+    held_out_data,
+    settings,
+    steps_per_epoch,
+    output,
+    run,
+    resuming,
+    callbacks,
+    log,
+):
+    """Compiles and fits `model`, resuming after `resuming` epochs from the
+    backup in `output`; returns the history."""
     steps_per_epoch = steps_per_epoch or data.batches_per_pass(
         train_sequences, settings["batch_size"]
     )
@@ -199,9 +252,6 @@ def _pretrain(output, run, resuming, callbacks, log):
         seed=settings["seed"],
         start=resuming * steps_per_epoch,
     )
-    held_out_data = data.batched(held_out_sequences, settings["batch_size"])
-
-    model = _build(tokenizer, settings)
     total_steps = settings["epochs"] * steps_per_epoch
     learning_rate = keras.optimizers.schedules.CosineDecay(
         0.0,
@@ -219,7 +269,7 @@ def _pretrain(output, run, resuming, callbacks, log):
             f"{resuming} finished before the interruption (kept in "
             f"{output / 'backup'})"
         )
-    history = model.fit(
+    return model.fit(
         train_data,
         epochs=settings["epochs"],
         steps_per_epoch=steps_per_epoch,
@@ -228,19 +278,18 @@ def _pretrain(output, run, resuming, callbacks, log):
         shuffle=False,  # the pipeline shuffles
         verbose=1 if sys.stdout.isatty() else 2,
     )
-    results = model.evaluate(held_out_data, verbose=0, return_dict=True)
-    baseline = unigram_baseline(
-        model, tokenizer, train_sequences, held_out_data
-    )
-    log(
-        f"Held-out masked-LM accuracy {results['accuracy']:.3f} "
-        f"(loss {results['loss']:.3f}); a unigram baseline (always the most "
-        f"frequent token) gets {baseline:.3f}"
-    )
 
-    model.save(output / "model.keras")
-    tokenizer.save(output / "vocabulary.txt")
-    (output / "settings.json").write_text(json.dumps(settings, indent=2))
+
+def _save_and_export(output, model, tokenizer, settings, log):
+    """`model.keras`, `vocabulary.txt`, `settings.json`, the SavedModels and
+    the TFLite file, each written beside its place and renamed into it, so
+    a run killed meanwhile leaves no half-written file."""
+    _atomically(output / "model.keras", model.save)
+    _atomically(output / "vocabulary.txt", tokenizer.save)
+    _atomically(
+        output / "settings.json",
+        lambda path: path.write_text(json.dumps(settings, indent=2)),
+    )
     saved = export.to_saved_model(model, output)
     text_saved = export.to_text_saved_model(
         model, tokenizer, output / "text", version=int(saved.name)
@@ -254,15 +303,16 @@ def _pretrain(output, run, resuming, callbacks, log):
         f"{tflite.name}; largest difference from Keras: "
         f"SavedModel {gaps['saved_model']:.1e}, TFLite {gaps['tflite']:.1e}"
     )
-    for line in fill_mask(model, tokenizer, SAMPLE):
-        log(line)
-    log(f"Done in {time.time() - start:.0f} s")
-    return {
-        "held_out_accuracy": results["accuracy"],
-        "held_out_loss": results["loss"],
-        "unigram_accuracy": baseline,
-        "epochs_run": len(history.history.get("loss", [])),
-    }
+
+
+def _atomically(path, write):
+    """Calls `write(staging)` on a path beside `path`, then renames it."""
+    staging = path.with_name(f".writing-{path.name}")
+    try:
+        write(staging)
+        os.replace(staging, path)
+    finally:
+        staging.unlink(missing_ok=True)
 
 
 class RandomStateBackup(keras.callbacks.BackupAndRestore):

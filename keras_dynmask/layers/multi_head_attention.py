@@ -32,6 +32,46 @@ def _given_mask(attention_mask):
     return given
 
 
+class _CallMasks:
+    """What decides one call's `(B, T, S)` mask: the queries and keys, their
+    token masks, the offset, a given mask and the per-example inputs."""
+
+    def __init__(
+        self,
+        layer,
+        query,
+        key,
+        query_mask,
+        key_mask,
+        offset,
+        attention_mask,
+        inputs,
+    ):
+        self.layer = layer
+        self.query, self.key = query, key
+        self.query_mask, self.key_mask = query_mask, key_mask
+        self.offset = offset
+        self.attention_mask = attention_mask
+        self.inputs = {k: v for k, v in inputs.items() if v is not None}
+
+    def dense(self):
+        """bool `(B|1, T, S)`, or `None` when nothing is masked."""
+        mask = call_attention_mask(
+            self.layer.pattern,
+            self.query,
+            self.key,
+            self.query_mask,
+            self.key_mask,
+            self.offset,
+            variables=self.layer.pattern_variables,
+            **self.inputs,
+        )
+        if self.attention_mask is None:
+            return mask
+        given = _given_mask(self.attention_mask)
+        return given if mask is None else ops.logical_and(mask, given)
+
+
 @_register
 class MultiHeadAttention(keras.layers.Layer):
     """Multi-head attention whose mask is rebuilt for every batch.
@@ -230,97 +270,44 @@ class MultiHeadAttention(keras.layers.Layer):
         key_heads = self._key_dense(without_mask(key))
         value_heads = self._value_dense(without_mask(value))
         if cache is not None:
-            cache = self._check_cache(cache, cache_index, offset)
-            cache = ops.stack(
-                [
-                    write_cache(cache[:, 0], key_heads, cache_index),
-                    write_cache(cache[:, 1], value_heads, cache_index),
-                ],
-                axis=1,
+            cache = self._updated_cache(
+                cache, cache_index, offset, key_heads, value_heads
             )
             key_heads, value_heads = cache[:, 0], cache[:, 1]
             key, offset = key_heads, cache_index
         query_heads = query_heads * ops.cast(
             1.0 / math.sqrt(self.key_dim), query_heads.dtype
         )
+        masks = _CallMasks(
+            self,
+            query,
+            key,
+            query_mask,
+            key_mask,
+            offset,
+            attention_mask,
+            {
+                "segment_ids": segment_ids,
+                "key_segment_ids": key_segment_ids,
+                "prefix_length": prefix_length,
+                "span_length": span_length,
+                "span_position": span_position,
+            },
+        )
+        heads = (query_heads, key_heads, value_heads)
 
         def dropout(weights):
             return self._dropout_layer(weights, training=training)
 
-        def dense():
-            mask = call_attention_mask(
-                self.pattern,
-                query,
-                key,
-                query_mask,
-                key_mask,
-                offset,
-                variables=self.pattern_variables,
-                segment_ids=segment_ids,
-                key_segment_ids=key_segment_ids,
-                prefix_length=prefix_length,
-                span_length=span_length,
-                span_position=span_position,
-            )
-            if attention_mask is not None:
-                given = _given_mask(attention_mask)
-                mask = given if mask is None else ops.logical_and(mask, given)
-            return softmax_attention(
-                query_heads, key_heads, value_heads, mask, dropout
-            )
-
         weights = None
-        if (
-            self._takes_blocks(
-                query,
-                key,
-                value,
-                offset,
-                cache,
-                attention_mask,
-                key_segment_ids,
-            )
-            and not return_attention_scores
+        if not return_attention_scores and self._takes_blocks(
+            value, cache, masks
         ):
-
-            def blocks():
-                return blockwise.attention(
-                    query_heads,
-                    key_heads,
-                    value_heads,
-                    self.pattern,
-                    self.block_size,
-                    variables=self.pattern_variables,
-                    query_mask=query_mask,
-                    key_mask=key_mask,
-                    segment_ids=segment_ids,
-                    dropout=dropout,
-                )
-
-            before, after = blockwise.key_blocks(
-                self.pattern, self.pattern_variables, self.block_size
-            )
-            # Blocks pay once each query block reads at most half the
-            # sequence (window 256, blocks of 128: 0.92x dense's speed at
-            # T = 512, where they read 3/4 of it; 1.26x at T = 768; 5x at
-            # T = 4096; benchmarks/scaling.py).
-            length = ops.shape(query)[1]
-            fewer_keys = ops.logical_and(
-                ops.less_equal(
-                    2 * (before + after + 1) * self.block_size, length
-                ),
-                ops.equal(length, ops.shape(key)[1]),
-            )
-
-            def dense_with_rows():
-                attended, has_key, _ = dense()
-                if has_key is None:
-                    has_key = ops.ones(ops.shape(attended)[:2], "bool")
-                return attended, has_key
-
-            attended, has_key = ops.cond(fewer_keys, blocks, dense_with_rows)
+            attended, has_key = self._blocks_or_dense(heads, masks, dropout)
         else:
-            attended, has_key, weights = dense()
+            attended, has_key, weights = softmax_attention(
+                *heads, masks.dense(), dropout
+            )
         output = self._output_dense(attended)
         if has_key is not None:
             # A query that sees no key outputs zeros, not the bias.
@@ -335,22 +322,76 @@ class MultiHeadAttention(keras.layers.Layer):
             outputs += (cache,)
         return outputs[0] if len(outputs) == 1 else outputs
 
-    def _takes_blocks(
-        self, query, key, value, offset, cache, attention_mask, key_segments
+    def _updated_cache(
+        self, cache, cache_index, offset, key_heads, value_heads
     ):
+        """The cache with this call's keys and values written in."""
+        cache = self._check_cache(cache, cache_index, offset)
+        return ops.stack(
+            [
+                write_cache(cache[:, 0], key_heads, cache_index),
+                write_cache(cache[:, 1], value_heads, cache_index),
+            ],
+            axis=1,
+        )
+
+    def _blocks_or_dense(self, heads, masks, dropout):
+        """`(attended, has_key)` block by block when the window reaches at
+        most half the sequence (decided in the graph, for this call's
+        length), else by the dense path."""
+
+        def blocks():
+            return blockwise.attention(
+                *heads,
+                self.pattern,
+                self.block_size,
+                variables=self.pattern_variables,
+                query_mask=masks.query_mask,
+                key_mask=masks.key_mask,
+                segment_ids=masks.inputs.get("segment_ids"),
+                dropout=dropout,
+            )
+
+        def dense():
+            attended, has_key, _ = softmax_attention(
+                *heads, masks.dense(), dropout
+            )
+            if has_key is None:
+                has_key = ops.ones(ops.shape(attended)[:2], "bool")
+            return attended, has_key
+
+        before, after = blockwise.key_blocks(
+            self.pattern, self.pattern_variables, self.block_size
+        )
+        # Blocks pay once each query block reads at most half the sequence
+        # (window 256, blocks of 128: 0.92x dense's speed at T = 512, where
+        # they read 3/4 of it; 1.26x at T = 768; 5x at T = 4096;
+        # benchmarks/scaling.py).
+        length = ops.shape(masks.query)[1]
+        fewer_keys = ops.logical_and(
+            ops.less_equal(2 * (before + after + 1) * self.block_size, length),
+            ops.equal(length, ops.shape(masks.key)[1]),
+        )
+        return ops.cond(fewer_keys, blocks, dense)
+
+    def _takes_blocks(self, value, cache, masks):
         """Whether this call may use block-wise attention: a window
         pattern, queries and keys at the same positions (offset 0, lengths
         not known to differ), nothing that needs a dense `(B, T, S)` mask,
         on a backend with run-time shapes."""
-        lengths = {query.shape[1], key.shape[1], value.shape[1]} - {None}
+        lengths = {
+            masks.query.shape[1],
+            masks.key.shape[1],
+            value.shape[1],
+        } - {None}
         return (
             self._blockwise
             and blockwise.available()
             and cache is None
-            and attention_mask is None
-            and key_segments is None
-            and isinstance(offset, int)
-            and offset == 0
+            and masks.attention_mask is None
+            and masks.inputs.get("key_segment_ids") is None
+            and isinstance(masks.offset, int)
+            and masks.offset == 0
             and len(lengths) <= 1
         )
 
