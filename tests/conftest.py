@@ -11,18 +11,6 @@ settings.register_profile("long", deadline=None, max_examples=5000)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
-if keras.backend.backend() == "torch":
-    import torch
-
-    _to_array = torch.Tensor.__array__
-
-    def _detached_array(self, *args, **kwargs):
-        # The tests compare outputs with numpy; a user would `.detach()`.
-        return _to_array(self.detach().cpu(), *args, **kwargs)
-
-    torch.Tensor.__array__ = _detached_array
-
-
 def pytest_collection_modifyitems(config, items):
     """Under KERAS_BACKEND=jax or torch, TensorFlow-only tests are skipped
     (`make test-backends` runs the rest)."""

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import keras
 import numpy as np
 
 VOCABULARY = 50
@@ -16,6 +17,13 @@ SIZES = {
     "intermediate_dim": 32,
     "dropout": 0.0,
 }
+
+
+def to_numpy(x):
+    """`x` as a numpy array, detached from any gradient: under Keras'
+    PyTorch backend a layer's output requires grad, and `np.asarray` of it
+    fails, as it would for a user."""
+    return keras.ops.convert_to_numpy(x)
 
 
 def padded_ids(lengths, total_length, pad_id=0, seed=0):

@@ -8,6 +8,7 @@ import keras_dynmask as kd
 from tests.helpers import VOCABULARY
 from tests.helpers import input_gradient
 from tests.helpers import padded_ids
+from tests.helpers import to_numpy
 
 
 def _stock_twin(layer, query):
@@ -29,15 +30,15 @@ def test_equals_stock_keras_given_the_same_mask(text):
     mask = kd.parse_pattern(text).mask(
         6, segment_ids=segments, prefix_length=prefix
     )
-    mask = np.broadcast_to(np.asarray(mask), (2, 6, 6))
+    mask = np.broadcast_to(to_numpy(mask), (2, 6, 6))
     stock = _stock_twin(layer, x)(x, x, attention_mask=mask)
-    np.testing.assert_allclose(ours, stock, atol=1e-5)
+    np.testing.assert_allclose(to_numpy(ours), to_numpy(stock), atol=1e-5)
 
 
 def test_keeps_the_masks_of_its_inputs():
     ids = padded_ids([3, 5], 6)
     x = keras.layers.Embedding(VOCABULARY, 8, mask_zero=True)(ids)
-    before = np.asarray(kd.get_keras_mask(x))
+    before = to_numpy(kd.get_keras_mask(x))
     y = kd.MultiHeadAttention(2, 4, pattern="causal")(x, x)
     np.testing.assert_array_equal(kd.get_keras_mask(x), before)
     np.testing.assert_array_equal(kd.get_keras_mask(y), before)
@@ -67,7 +68,7 @@ def test_rows_with_no_visible_key_are_finite_zeros(mixed_policy):
         value_mask=padding,
         return_attention_scores=True,
     )
-    y = np.asarray(keras.ops.convert_to_numpy(keras.ops.cast(y, "float32")))
+    y = to_numpy(keras.ops.convert_to_numpy(keras.ops.cast(y, "float32")))
     weights = keras.ops.convert_to_numpy(keras.ops.cast(weights, "float32"))
     assert np.isfinite(y).all()
     x32 = keras.ops.convert_to_numpy(keras.ops.cast(x, "float32"))
@@ -109,7 +110,7 @@ def test_span_parameters_from_a_variable_at_call_time():
             span_position=position,
             return_attention_scores=True,
         )
-        seen = np.asarray(weights)[0, 0] > 0
+        seen = to_numpy(weights)[0, 0] > 0
         np.testing.assert_array_equal(
             seen,
             np.broadcast_to(
@@ -158,24 +159,22 @@ def test_decoding_with_an_offset_matches_the_full_sequence():
     rng = np.random.default_rng(4)
     x = rng.normal(size=(2, 8, 8)).astype("float32")
     layer = kd.MultiHeadAttention(2, 4, pattern="causal & window(3)")
-    full = np.asarray(layer(x, x))
+    full = to_numpy(layer(x, x))
     # The last three queries against all eight keys, as with a cache.
-    tail = np.asarray(layer(x[:, 5:], x, offset=5))
+    tail = to_numpy(layer(x[:, 5:], x, offset=5))
     np.testing.assert_allclose(tail, full[:, 5:], atol=1e-6)
-    per_example = np.asarray(
-        layer(x[:, 5:], x, offset=np.array([5, 5], "int32"))
-    )
+    per_example = to_numpy(layer(x[:, 5:], x, offset=np.array([5, 5], "int32")))
     np.testing.assert_allclose(per_example, full[:, 5:], atol=1e-6)
 
 
 def test_explicit_attention_mask_is_combined():
     x = np.random.default_rng(5).normal(size=(1, 4, 8)).astype("float32")
     layer = kd.MultiHeadAttention(2, 4, pattern="causal")
-    explicit = np.asarray(kd.window_mask(0, 0, query_length=4))
+    explicit = to_numpy(kd.window_mask(0, 0, query_length=4))
     _, weights = layer(
         x, x, attention_mask=explicit, return_attention_scores=True
     )
-    np.testing.assert_allclose(np.asarray(weights)[0, 0], np.eye(4), atol=1e-6)
+    np.testing.assert_allclose(to_numpy(weights)[0, 0], np.eye(4), atol=1e-6)
 
 
 def test_bad_arguments():
@@ -195,26 +194,26 @@ def test_a_block_with_an_explicit_mask_equals_its_pattern():
     explicit(x)
     by_pattern(x)
     explicit.set_weights(by_pattern.get_weights())
-    mask = np.broadcast_to(np.asarray(kd.causal_mask(5)), (2, 5, 5))
+    mask = np.broadcast_to(to_numpy(kd.causal_mask(5)), (2, 5, 5))
     np.testing.assert_allclose(
-        explicit(x, attention_mask=mask), by_pattern(x), atol=1e-6
+        to_numpy(explicit(x, attention_mask=mask)),
+        to_numpy(by_pattern(x)),
+        atol=1e-6,
     )
-    assert (
-        np.abs(np.asarray(explicit(x)) - np.asarray(by_pattern(x))).max() > 1e-4
-    )
+    assert np.abs(to_numpy(explicit(x)) - to_numpy(by_pattern(x))).max() > 1e-4
 
 
 def test_a_mask_of_shape_t_by_s_applies_to_every_example():
     """Stock Keras accepts a `(T, S)` mask; so do we, with any pattern."""
     x = np.random.default_rng(8).normal(size=(2, 4, 8)).astype("float32")
-    explicit = np.asarray(kd.window_mask(0, 0, query_length=4))[0]
+    explicit = to_numpy(kd.window_mask(0, 0, query_length=4))[0]
     for pattern in ("bidirectional", "causal"):
         layer = kd.MultiHeadAttention(2, 4, pattern=pattern)
         _, weights = layer(
             x, x, attention_mask=explicit, return_attention_scores=True
         )
         np.testing.assert_allclose(
-            np.asarray(weights), np.broadcast_to(np.eye(4), (2, 2, 4, 4)), 1e-6
+            to_numpy(weights), np.broadcast_to(np.eye(4), (2, 2, 4, 4)), 1e-6
         )
     with pytest.raises(ValueError, match=r"attention_mask.*shape \(4,\)"):
         layer(x, x, attention_mask=np.ones(4, bool))
@@ -249,9 +248,9 @@ def test_a_shared_word_is_one_variable_named_after_it():
         "window_1_right",
     ]
     x = np.zeros((1, 5, 2), "float32")
-    before = np.asarray(layer(x)).sum()
+    before = to_numpy(layer(x)).sum()
     layer.pattern_variables["window_1_left"].assign(4)
-    assert np.asarray(layer(x)).sum() > before
+    assert to_numpy(layer(x)).sum() > before
 
 
 def test_variable_names_do_not_depend_on_the_order_of_words():

@@ -9,6 +9,7 @@ import pytest
 import keras_dynmask as kd
 from tests.helpers import VOCABULARY
 from tests.helpers import padded_ids
+from tests.helpers import to_numpy
 
 DIM = 16
 
@@ -48,12 +49,16 @@ def test_mask_reaches_the_end_without_warnings(token_layer):
         model.layers[-1],
     )
     x = keras.ops.convert_to_tensor(
-        np.asarray(keras.ops.take(embedding.embeddings, ids, axis=0))
+        to_numpy(keras.ops.take(embedding.embeddings, ids, axis=0))
     )
     explicit = attention(x, x, query_mask=want, value_mask=want)
     explicit = norm(explicit)
-    np.testing.assert_allclose(sequence, explicit, atol=1e-6)
-    np.testing.assert_allclose(pooled, pool(explicit, mask=want), atol=1e-6)
+    np.testing.assert_allclose(
+        to_numpy(sequence), to_numpy(explicit), atol=1e-6
+    )
+    np.testing.assert_allclose(
+        to_numpy(pooled), to_numpy(pool(explicit, mask=want)), atol=1e-6
+    )
 
 
 def _residual_stack(depth, attention_factory):
@@ -69,8 +74,8 @@ def _padding_gap(model, lengths=(5, 9, 1)):
     """Largest change of the real positions when padded to 16 or to 64."""
     short = padded_ids(lengths, 16)
     long = np.pad(short, ((0, 0), (0, 48)))
-    a = np.asarray(model(short))
-    b = np.asarray(model(long))[:, :16]
+    a = to_numpy(model(short))
+    b = to_numpy(model(long))[:, :16]
     b_predict = model.predict(long, verbose=0)[:, :16]
     real = short != 0
     return max(np.abs(a - b)[real].max(), np.abs(a - b_predict)[real].max())
@@ -116,7 +121,7 @@ def test_per_example_inputs_in_a_functional_model():
     model = keras.Model([ids, segments, prefix], mask)
     token_ids = padded_ids([4, 3], 5)
     seg = np.array([[0, 0, 1, 1, 1], [0, 1, 1, 1, 1]], "int32")
-    got = np.asarray(model([token_ids, seg, np.array([1, 3], "int32")]))
+    got = to_numpy(model([token_ids, seg, np.array([1, 3], "int32")]))
     pad = token_ids != 0
     i, j = np.arange(5)[:, None], np.arange(5)[None]
     for b, p in enumerate([1, 3]):
@@ -133,7 +138,7 @@ def test_attention_mask_feeds_stock_attention():
     assert kd.get_keras_mask(mask) is None
     stock = keras.layers.MultiHeadAttention(2, 8)
     y = stock(x, x, attention_mask=mask)
-    assert np.isfinite(np.asarray(y)).all()
+    assert np.isfinite(to_numpy(y)).all()
 
 
 def test_downstream_keras_layers_see_the_run_time_mask():
@@ -157,7 +162,7 @@ def test_cross_attention_mask_uses_both_padding_masks():
     embedding = keras.layers.Embedding(VOCABULARY, DIM, mask_zero=True)
     queries = embedding(padded_ids([2, 3], 3))
     keys = embedding(padded_ids([4, 1], 5))
-    got = np.asarray(kd.AttentionMask("causal")(queries, keys, offset=2))
+    got = to_numpy(kd.AttentionMask("causal")(queries, keys, offset=2))
     i, j = np.arange(3)[:, None] + 2, np.arange(5)[None]
     for b, (tq, tk) in enumerate([(2, 4), (3, 1)]):
         want = (j <= i) & (np.arange(3) < tq)[:, None] & (j < tk)

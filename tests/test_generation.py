@@ -44,6 +44,7 @@ def test_attention_with_a_cache_equals_the_whole_sequence(pattern):
     # Row 0 starts with a 3-token prefill, row 1 with 5 (one call of 5,
     # row 0's last two prefill positions are overwritten later).
     out, cache = mha(x[:, :5], x[:, :5], cache=cache, cache_index=0)
+    out = ops.convert_to_numpy(out)
     np.testing.assert_allclose(out[1], whole[1, :5], atol=1e-5)
     np.testing.assert_allclose(out[0, :3], whole[0, :3], atol=1e-5)
     positions = np.array([3, 5])
@@ -51,6 +52,7 @@ def test_attention_with_a_cache_equals_the_whole_sequence(pattern):
         step = np.minimum(positions, 6)
         token = x[np.arange(2), step][:, None]
         out, cache = mha(token, token, cache=cache, cache_index=step)
+        out = ops.convert_to_numpy(out)
         for row in range(2):
             if positions[row] < 7:
                 np.testing.assert_allclose(

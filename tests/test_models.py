@@ -9,6 +9,7 @@ from keras_dynmask import models
 from tests.helpers import SIZES
 from tests.helpers import VOCABULARY
 from tests.helpers import padded_ids
+from tests.helpers import to_numpy
 
 
 def _pad_to(ids, width):
@@ -16,7 +17,7 @@ def _pad_to(ids, width):
 
 
 def _gap(short, long, real):
-    return np.abs(np.asarray(short) - np.asarray(long)[:, : short.shape[1]])[
+    return np.abs(to_numpy(short) - to_numpy(long)[:, : short.shape[1]])[
         real
     ].max()
 
@@ -35,7 +36,7 @@ def test_padding_invariance_of_every_builder(builder):
     ids = padded_ids([5, 16, 1], 16)
     short, long = model(ids), model(_pad_to(ids, 64))
     if builder == "classifier":
-        assert np.abs(np.asarray(short) - np.asarray(long)).max() < 1e-5
+        assert np.abs(to_numpy(short) - to_numpy(long)).max() < 1e-5
     else:
         assert _gap(short, long, ids != 0) < 1e-5
 
@@ -55,11 +56,11 @@ def test_causal_lm_never_sees_the_future():
     keras.utils.set_random_seed(0)
     model = models.build_causal_lm(VOCABULARY, **SIZES)
     ids = padded_ids([10], 10)
-    base = np.asarray(model(ids))
+    base = to_numpy(model(ids))
     for i in range(9):
         changed = ids.copy()
         changed[0, i + 1 :] = (changed[0, i + 1 :] + 7) % VOCABULARY + 1
-        after = np.asarray(model(changed))
+        after = to_numpy(model(changed))
         np.testing.assert_allclose(
             after[0, : i + 1], base[0, : i + 1], atol=1e-5
         )
@@ -70,20 +71,20 @@ def test_seq2seq_targets_are_causal_and_source_padding_is_ignored():
     keras.utils.set_random_seed(0)
     model = models.build_seq2seq(VOCABULARY, VOCABULARY, **SIZES)
     source, target = padded_ids([5], 5, seed=2), padded_ids([7], 7, seed=3)
-    base = np.asarray(model({"source_ids": source, "target_ids": target}))
+    base = to_numpy(model({"source_ids": source, "target_ids": target}))
     for i in range(6):
         changed = target.copy()
         changed[0, i + 1 :] = (changed[0, i + 1 :] + 5) % VOCABULARY + 1
-        after = np.asarray(model({"source_ids": source, "target_ids": changed}))
+        after = to_numpy(model({"source_ids": source, "target_ids": changed}))
         np.testing.assert_allclose(
             after[0, : i + 1], base[0, : i + 1], atol=1e-5
         )
     # Whatever the padding ids hold never matters: it is masked.
     padded = np.pad(source, ((0, 0), (0, 6)))
-    again = np.asarray(model({"source_ids": padded, "target_ids": target}))
+    again = to_numpy(model({"source_ids": padded, "target_ids": target}))
     np.testing.assert_allclose(again, base, atol=1e-5)
     # ...and a different source does change the output.
-    other = np.asarray(
+    other = to_numpy(
         model({"source_ids": source[:, ::-1].copy(), "target_ids": target})
     )
     assert np.abs(other - base).max() > 1e-4
@@ -209,11 +210,11 @@ def test_masked_lm_loss_takes_sample_weights_and_regularization():
     doubled = model.compute_loss(y_pred=outputs, sample_weight=np.full(4, 2.0))
     np.testing.assert_allclose(float(doubled), 2 * plain, rtol=1e-6)
     # A row with weight 0 adds nothing; the mean stays over every selection.
-    weights = np.asarray(outputs["mask_weights"])
+    weights = to_numpy(outputs["mask_weights"])
     only_first = float(
         model.compute_loss(y_pred=outputs, sample_weight=[1.0, 0, 0, 0])
     )
-    losses = np.asarray(
+    losses = to_numpy(
         keras.losses.sparse_categorical_crossentropy(
             outputs["mask_ids"], outputs["logits"], from_logits=True
         )
@@ -223,7 +224,7 @@ def test_masked_lm_loss_takes_sample_weights_and_regularization():
     )
     # Regularization losses are added, as Keras' own compute_loss does.
     model.transform.kernel.regularizer = keras.regularizers.L2(0.5)
-    penalty = float(sum(np.asarray(term) for term in model.losses))
+    penalty = float(sum(to_numpy(term) for term in model.losses))
     assert penalty > 0
     regularized = float(model.compute_loss(y_pred=outputs))
     np.testing.assert_allclose(regularized, plain + penalty, rtol=1e-5)
