@@ -314,3 +314,32 @@ def test_ctrl_c_stops_pretraining_with_one_line_and_it_resumes(tmp_path):
     # The same command with fewer epochs would be other settings.
     run = run_cli("pretrain", *flags[:-2], "--epochs", "2")
     assert run.returncode == 2 and "epochs 50 then, 2 now" in run.stderr
+
+
+def test_pretrain_command_on_a_small_folder_with_junk_files(tmp_path):
+    """Six paragraphs train (one is held out); a binary `.txt` is skipped
+    and named, not read as replacement characters."""
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    paragraphs = [
+        f"The {word} function returns a new list of items from the input."
+        for word in ("first", "second", "third", "fourth", "fifth", "sixth")
+    ]
+    (folder / "notes.txt").write_text("\n\n".join(paragraphs))
+    (folder / "random.txt").write_bytes(np.random.default_rng(1).bytes(4096))
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()]
+    output = tmp_path / "out"
+    run = run_cli(
+        "pretrain",
+        "--corpus",
+        str(folder),
+        "--output",
+        str(output),
+        "--epochs",
+        "1",
+        *flags,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert f"Skipped {folder / 'random.txt'} (not UTF-8" in run.stdout
+    assert "6 documents" in run.stdout and "held out" in run.stdout
+    assert (output / "model.keras").exists()
