@@ -58,11 +58,11 @@ def main():
         "int32",
     )
     x = kd.PaddingMask()(ids)
-    x = kd.SpanMask(length=2, position=1, mode="hide")(x)
+    x = kd.SpanTokenMask(length=2, position=1, mode="hide")(x)
     viz.save(
         viz.plot_token_masks(
             kd.get_keras_mask(x),
-            title="PaddingMask, then SpanMask(2, 1, hide)",
+            title="PaddingMask, then SpanTokenMask(2, 1, hide)",
             padding=ids == 0,
         ),
         output / "token_masks.png",

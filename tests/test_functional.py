@@ -15,14 +15,14 @@ DIM = 16
 
 
 def _pipeline(token_layer):
-    """ids -> embedding/token mask -> SpanMask -> attention -> norm -> pool."""
+    """ids -> embedding or token mask -> SpanTokenMask -> attention -> pool."""
     ids = keras.Input((None,), dtype="int32")
     x = keras.layers.Embedding(VOCABULARY, DIM, mask_zero=token_layer is None)(
         ids
     )
     if token_layer is not None:
         x = token_layer(x, token_ids=ids)
-    x = kd.SpanMask(length=2, position=1, mode="hide")(x)
+    x = kd.SpanTokenMask(length=2, position=1, mode="hide")(x)
     x = kd.MultiHeadAttention(2, 8, pattern="causal & window(3)")(x, x)
     sequence = keras.layers.LayerNormalization()(x)
     pooled = keras.layers.GlobalAveragePooling1D()(sequence)
@@ -146,7 +146,7 @@ def test_downstream_keras_layers_see_the_run_time_mask():
     # span must still reach a stock pooling layer after the span layer.
     ids = keras.Input((None,), dtype="int32")
     x = keras.layers.Embedding(VOCABULARY, DIM, mask_zero=True)(ids)
-    span = kd.SpanMask(length=1, position=0)
+    span = kd.SpanTokenMask(length=1, position=0)
     x = keras.layers.LayerNormalization()(span(x))
     model = keras.Model(ids, [x, keras.layers.GlobalAveragePooling1D()(x)])
     token_ids = padded_ids([5, 3], 6)

@@ -27,7 +27,7 @@ def _model():
     }
     x = keras.layers.Embedding(VOCABULARY, 8)(inputs["token_ids"])
     x = kd.PaddingMask(pad_id=0)(x, token_ids=inputs["token_ids"])
-    x = kd.SpanMask(length=1, position=0, mode="hide")(x)
+    x = kd.SpanTokenMask(length=1, position=0, mode="hide")(x)
     per_example = {k: v for k, v in inputs.items() if k != "token_ids"}
     outputs = {}
     for index, text in enumerate(KINDS + COMPOSITIONS[:6]):

@@ -105,7 +105,8 @@ def test_functions_match_their_definitions():
         kd.prefix_mask(2, 4)[0], np.broadcast_to(j < 2, (4, 4))
     )
     np.testing.assert_array_equal(
-        kd.span_mask(2, 1, 4)[0], np.broadcast_to((1 <= j) & (j < 3), (4, 4))
+        kd.span_attention_mask(2, 1, 4)[0],
+        np.broadcast_to((1 <= j) & (j < 3), (4, 4)),
     )
     np.testing.assert_array_equal(
         kd.bidirectional_mask(4, 2)[0], np.ones((4, 2))
@@ -152,14 +153,14 @@ def test_span_token_mask_clips_out_of_range_values():
 def test_span_accepts_a_variable():
     length = keras.Variable(2, dtype="int32", trainable=False)
     pattern = kd.parse_pattern("span(1, 0)")
-    assert np.asarray(kd.span_mask(length, 1, 4))[0, 0].tolist() == [
+    assert np.asarray(kd.span_attention_mask(length, 1, 4))[0, 0].tolist() == [
         False,
         True,
         True,
         False,
     ]
     length.assign(3)
-    assert np.asarray(kd.span_mask(length, 1, 4))[0, 0].sum() == 3
+    assert np.asarray(kd.span_attention_mask(length, 1, 4))[0, 0].sum() == 3
     assert pattern.required_inputs() == frozenset()
 
 
@@ -304,7 +305,7 @@ def test_bad_arguments_raise_value_errors():
     with pytest.raises(ValueError, match="left=-1"):
         kd.window_mask(-1, query_length=3)
     with pytest.raises(ValueError, match=r"length=-1"):
-        kd.span_mask(-1, 0, 3)
+        kd.span_attention_mask(-1, 0, 3)
     with pytest.raises(ValueError, match="needs the per-example input"):
         kd.parse_pattern("causal | prefix").mask(3)
     with pytest.raises(ValueError, match="Unknown pattern input 'segments'"):
@@ -420,7 +421,50 @@ def test_every_mask_function_needs_its_query_length():
         (kd.bidirectional_mask, ()),
         (kd.window_mask, (2,)),
         (kd.prefix_mask, (1,)),
-        (kd.span_mask, (1, 0)),
+        (kd.span_attention_mask, (1, 0)),
     ]:
         with pytest.raises(TypeError, match="query_length"):
             function(*arguments)
+
+
+TOKEN_MASKS = {
+    "padding_mask": lambda f: f(np.array([[5, 6, 0], [5, 0, 0]])),
+    "length_mask": lambda f: f(np.array([1, 2]), 3),
+    "span_token_mask": lambda f: f(np.array([1, 2]), 0, 3),
+}
+ATTENTION_MASKS = {
+    "causal_mask": lambda f: f(3, 4, offset=np.array([0, 1])),
+    "backward_mask": lambda f: f(3, 4, offset=np.array([0, 1])),
+    "bidirectional_mask": lambda f: f(3, 4, offset=np.array([0, 1])),
+    "window_mask": lambda f: f(np.array([1, 2]), query_length=3, key_length=4),
+    "prefix_mask": lambda f: f(np.array([1, 2]), 3, 4),
+    "span_attention_mask": lambda f: f(np.array([1, 2]), 0, 3, 4),
+    "segment_mask": lambda f: f(
+        np.array([[1, 1, 2], [1, 2, 2]]), np.array([[1, 1, 2, 2]] * 2)
+    ),
+    "merge_masks": lambda f: f(
+        kd.causal_mask(3, 4), np.ones((2, 3), bool), np.ones((2, 4), bool)
+    ),
+}
+
+
+def test_a_mask_function_says_which_kind_it_returns():
+    """Token masks `(B, T)`, attention masks `(B, T, S)`: the docstring's
+    first words say which, and a name shared by both kinds (span) says it
+    too."""
+    assert sorted([*TOKEN_MASKS, *ATTENTION_MASKS]) == sorted(
+        name
+        for name, value in vars(kd.masks).items()
+        if callable(value)
+        and not name.startswith("_")
+        and value.__module__ == kd.masks.__name__
+    )
+    for name, call in TOKEN_MASKS.items():
+        function = getattr(kd, name)
+        assert function.__doc__.startswith("Token mask `(B, T)`"), name
+        assert keras.ops.shape(call(function)) == (2, 3), name
+    for name, call in ATTENTION_MASKS.items():
+        function = getattr(kd, name)
+        assert function.__doc__.startswith("Attention mask"), name
+        assert keras.ops.shape(call(function)) == (2, 3, 4), name
+        assert not name.startswith(("span_token", "padding", "length"))

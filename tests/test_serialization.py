@@ -13,7 +13,7 @@ from tests.helpers import padded_ids
 LAYERS = [
     kd.PaddingMask(pad_id=3),
     kd.LengthMask(),
-    kd.SpanMask(length=2, position=1, mode="hide"),
+    kd.SpanTokenMask(length=2, position=1, mode="hide"),
     kd.AttentionMask("segment & ~span(2, 4)"),
     kd.MultiHeadAttention(
         2, 4, value_dim=3, dropout=0.1, pattern="causal & window(3)"
@@ -54,7 +54,7 @@ def test_model_with_every_layer_saves_and_loads(tmp_path):
     prefix = keras.Input((), dtype="int32", name="prefix_length")
     x = keras.layers.Embedding(VOCABULARY, 8)(ids)
     x = kd.PaddingMask(pad_id=0)(x, token_ids=ids)
-    x = kd.SpanMask(length=1, position=0, mode="hide")(x)
+    x = kd.SpanTokenMask(length=1, position=0, mode="hide")(x)
     x = kd.TransformerBlock(2, 16, pattern="causal | prefix")(
         x, prefix_length=prefix
     )

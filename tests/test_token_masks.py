@@ -1,4 +1,4 @@
-"""PaddingMask, LengthMask and SpanMask: the token mask Keras propagates."""
+"""PaddingMask, LengthMask, SpanTokenMask: the token mask Keras propagates."""
 
 import keras
 import numpy as np
@@ -24,7 +24,7 @@ def test_padding_mask_on_ids_and_on_embeddings():
 def test_masks_are_anded_and_inputs_left_alone():
     ids = padded_ids([2, 4], 5)
     x = keras.layers.Embedding(VOCABULARY, 4, mask_zero=True)(ids)
-    span = kd.SpanMask(length=2, position=1, mode="hide")(x)
+    span = kd.SpanTokenMask(length=2, position=1, mode="hide")(x)
     want = (ids != 0) & ~np.isin(np.arange(5), [1, 2])[None]
     np.testing.assert_array_equal(kd.get_keras_mask(span), want)
     np.testing.assert_array_equal(kd.get_keras_mask(x), ids != 0)
@@ -41,7 +41,7 @@ def test_length_mask_clips_lengths():
 
 def test_span_mask_per_example_tensors():
     x = np.zeros((3, 5, 2), "float32")
-    y = kd.SpanMask(length=1, position=0)(
+    y = kd.SpanTokenMask(length=1, position=0)(
         x, length=np.array([2, 0, 9]), position=np.array([3, 1, 2])
     )
     np.testing.assert_array_equal(
@@ -54,7 +54,7 @@ def test_span_mask_per_example_tensors():
 def test_span_variables_change_without_retracing():
     import tensorflow as tf
 
-    layer = kd.SpanMask(length=1, position=0)
+    layer = kd.SpanTokenMask(length=1, position=0)
     traces = []
 
     @tf.function
@@ -74,9 +74,9 @@ def test_span_variables_change_without_retracing():
 
 def test_bad_arguments():
     with pytest.raises(ValueError, match="length=-1"):
-        kd.SpanMask(length=-1, position=0)
+        kd.SpanTokenMask(length=-1, position=0)
     with pytest.raises(ValueError, match="mode='drop'"):
-        kd.SpanMask(1, 0, mode="drop")
+        kd.SpanTokenMask(1, 0, mode="drop")
     with pytest.raises(ValueError, match="pad_id=1.0"):
         kd.PaddingMask(pad_id=1.0)
     with pytest.raises(ValueError, match=r"lengths must have rank 1"):

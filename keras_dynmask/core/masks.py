@@ -1,7 +1,11 @@
 """Pure mask functions: boolean tensors, `True` = visible.
 
-Token masks have shape `(B, T)`. Attention masks have shape `(B, T, S)`:
-query `i` may see key `j` where the mask is `True`. A query `i` stands at
+A token mask `(B, T)` says which tokens exist or are kept
+(`padding_mask`, `length_mask`, `span_token_mask`). An attention mask
+`(B, T, S)` (or `(1, T, S)`) says which keys each query sees: query `i` may
+see key `j` where it is `True` (every other function here). A span has both
+forms, so both names say which: `span_token_mask`, `span_attention_mask`.
+Each docstring's first words say which kind it returns. A query `i` stands at
 absolute position `offset + i` and key `j` at position `j`, so with a cache
 of `S` keys and `T` new queries, `offset = S - T` makes causal decoding
 right. Where every parameter is a scalar the batch axis is 1 and broadcasts.
@@ -28,7 +32,7 @@ from keras_dynmask.core._checks import is_python_int
 
 
 def padding_mask(token_ids, pad_id=0):
-    """Marks the positions of `token_ids` that are not padding.
+    """Token mask `(B, T)`: the positions of `token_ids` that are not padding.
 
     Args:
         token_ids: int tensor `(B, T)`.
@@ -49,7 +53,7 @@ def padding_mask(token_ids, pad_id=0):
 
 
 def length_mask(lengths, max_length):
-    """Marks the first `lengths[b]` positions of each row, for `T` positions.
+    """Token mask `(B, T)`: the first `lengths[b]` positions of each row.
 
     For continuous inputs (audio frames, images patches) where no id marks
     padding. Lengths beyond `max_length` are clipped; negative ones give an
@@ -75,10 +79,10 @@ def length_mask(lengths, max_length):
 
 
 def span_token_mask(length, position, sequence_length):
-    """Marks the span `position <= j < position + length` among `T` tokens.
+    """Token mask `(B, T)`: the span `position <= j < position + length`.
 
     The token mask behind a dynamic span mask `Mask(x, length, position)`
-    (see `SpanMask`). `length` and `position` are clipped to `[0, T]`, so
+    (see `SpanTokenMask`). `length` and `position` are clipped to `[0, T]`, so
     out-of-range values never fail at run time.
 
     Args:
@@ -100,7 +104,7 @@ def span_token_mask(length, position, sequence_length):
 
 
 def causal_mask(query_length, key_length=None, offset=0):
-    """Forward (causal) pattern: query `i` sees key `j` iff `j <= i`.
+    """Attention mask, forward (causal): query `i` sees key `j` iff `j <= i`.
 
     Args:
         query_length: int or scalar tensor. `T`.
@@ -124,7 +128,7 @@ def causal_mask(query_length, key_length=None, offset=0):
 
 
 def backward_mask(query_length, key_length=None, offset=0):
-    """Backward pattern: query `i` sees key `j` iff `j >= i`.
+    """Attention mask, backward: query `i` sees key `j` iff `j >= i`.
 
     Args and shapes as in `causal_mask`.
 
@@ -144,7 +148,7 @@ def backward_mask(query_length, key_length=None, offset=0):
 
 
 def bidirectional_mask(query_length, key_length=None, offset=0):
-    """Bidirectional pattern: every query sees every key.
+    """Attention mask, bidirectional: every query sees every key.
 
     Args and shapes as in `causal_mask`.
 
@@ -163,7 +167,8 @@ def bidirectional_mask(query_length, key_length=None, offset=0):
 
 
 def window_mask(left, right=None, *, query_length, key_length=None, offset=0):
-    """Window pattern: query `i` sees key `j` iff `i - left <= j <= i + right`.
+    """Attention mask, window: query `i` sees key `j` iff
+    `i - left <= j <= i + right`.
 
     Counts include the query itself: `window_mask(0, 0)` is the diagonal.
     Keras' `sliding_window=W` is `window_mask(W - 1, W - 1)`; a causal
@@ -197,7 +202,8 @@ def window_mask(left, right=None, *, query_length, key_length=None, offset=0):
 
 
 def prefix_mask(prefix_length, query_length, key_length=None, offset=0):
-    """Prefix pattern: every query sees key `j` iff `j < prefix_length`.
+    """Attention mask, prefix: every query sees key `j` iff
+    `j < prefix_length`.
 
     The prefix-LM mask is `causal | prefix`.
 
@@ -223,8 +229,11 @@ def prefix_mask(prefix_length, query_length, key_length=None, offset=0):
     return ops.logical_and(ops.less(key, prefix_length), _every(query))
 
 
-def span_mask(length, position, query_length, key_length=None, offset=0):
-    """Span pattern: every query sees key `j` iff `POS <= j < POS + LEN`.
+def span_attention_mask(
+    length, position, query_length, key_length=None, offset=0
+):
+    """Attention mask, span: every query sees key `j` iff
+    `POS <= j < POS + LEN`.
 
     Out-of-range `length` and `position` are clipped to `[0, S]`.
 
@@ -241,7 +250,9 @@ def span_mask(length, position, query_length, key_length=None, offset=0):
     Example:
 
     >>> import keras_dynmask
-    >>> keras_dynmask.span_mask(2, 1, query_length=2, key_length=4).numpy()
+    >>> m = keras_dynmask.span_attention_mask(2, 1, query_length=2,
+    ...                                       key_length=4)
+    >>> m.numpy()
     array([[[False,  True,  True, False],
             [False,  True,  True, False]]])
     """
@@ -252,7 +263,8 @@ def span_mask(length, position, query_length, key_length=None, offset=0):
 
 
 def segment_mask(segment_ids, key_segment_ids=None):
-    """Segment pattern: query `i` sees key `j` iff their segment ids match.
+    """Attention mask, segment: query `i` sees key `j` iff their segment ids
+    match.
 
     For packed sequences: several documents in one row, none seeing another.
 
@@ -284,7 +296,8 @@ def segment_mask(segment_ids, key_segment_ids=None):
 
 
 def merge_masks(attention_mask=None, query_mask=None, key_mask=None):
-    """ANDs a pattern's `(B, T, S)` mask with `(B, T)` and `(B, S)` masks.
+    """Attention mask: a pattern's `(B, T, S)` mask ANDed with `(B, T)` and
+    `(B, S)` token masks.
 
     Args:
         attention_mask: bool `(B, T, S)` or `None`.

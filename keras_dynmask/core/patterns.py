@@ -503,7 +503,7 @@ class Span(_Word):
         else:
             length = self._value(inputs, "length")
             position = self._value(inputs, "position")
-        return masks.span_mask(
+        return masks.span_attention_mask(
             length, position, query_length, key_length, offset
         )
 

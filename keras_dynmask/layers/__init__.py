@@ -9,7 +9,7 @@ from keras_dynmask.layers.time_frequency_masking import TimeFrequencyMasking
 from keras_dynmask.layers.token_masking import TokenMasking
 from keras_dynmask.layers.token_masks import LengthMask
 from keras_dynmask.layers.token_masks import PaddingMask
-from keras_dynmask.layers.token_masks import SpanMask
+from keras_dynmask.layers.token_masks import SpanTokenMask
 from keras_dynmask.layers.transformer_block import TransformerBlock
 
 __all__ = [
@@ -18,7 +18,7 @@ __all__ = [
     "MultiHeadAttention",
     "PaddingMask",
     "SinusoidalPositions",
-    "SpanMask",
+    "SpanTokenMask",
     "TimeFrequencyMasking",
     "TokenEmbedding",
     "TokenMasking",

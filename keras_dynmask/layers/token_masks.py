@@ -117,7 +117,7 @@ class LengthMask(_TokenMaskLayer):
 
 
 @_register
-class SpanMask(_TokenMaskLayer):
+class SpanTokenMask(_TokenMaskLayer):
     """Keeps only, or hides, a span of `length` tokens from `position`.
 
     A dynamic span mask, `Mask(x, length, position)`, as masking tutorials
@@ -152,7 +152,7 @@ class SpanMask(_TokenMaskLayer):
 
     >>> import numpy as np, keras_dynmask
     >>> x = np.zeros((1, 5, 2), "float32")
-    >>> y = keras_dynmask.SpanMask(length=2, position=1, mode="hide")(x)
+    >>> y = keras_dynmask.SpanTokenMask(length=2, position=1, mode="hide")(x)
     >>> keras_dynmask.get_keras_mask(y).numpy().astype(int)
     array([[1, 0, 0, 1, 1]])
     """

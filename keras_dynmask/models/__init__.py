@@ -17,10 +17,12 @@ from keras_dynmask.models.builders import build_causal_lm
 from keras_dynmask.models.builders import build_classifier
 from keras_dynmask.models.builders import build_encoder
 from keras_dynmask.models.builders import build_seq2seq
+from keras_dynmask.models.causal_lm import CausalLM
 from keras_dynmask.models.masked_lm import MaskedLM
 from keras_dynmask.models.masked_lm import gather_positions
 
 __all__ = [
+    "CausalLM",
     "MaskedLM",
     "build_causal_lm",
     "build_classifier",

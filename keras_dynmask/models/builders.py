@@ -7,57 +7,10 @@ pattern needs (segment ids, prefix lengths, span positions) is an input.
 
 import keras
 
-from keras_dynmask.core.parsing import as_pattern
-from keras_dynmask.core.patterns import PATTERN_INPUTS
 from keras_dynmask.layers import TokenEmbedding
 from keras_dynmask.layers import TransformerBlock
-
-
-def _inputs_for(pattern, name="token_ids"):
-    """Keras inputs: token ids plus whatever the pattern reads per example."""
-    inputs = {name: keras.Input((None,), dtype="int32", name=name)}
-    for needed in sorted(pattern.required_inputs()):
-        inputs[needed] = keras.Input(
-            PATTERN_INPUTS[needed], dtype="int32", name=needed
-        )
-    return inputs
-
-
-def _stack(x, num_layers, settings, **per_example):
-    for index in range(num_layers):
-        x = TransformerBlock(name=f"block_{index}", **settings)(
-            x, **per_example
-        )
-    return keras.layers.LayerNormalization(epsilon=1e-5, name="final_norm")(x)
-
-
-def _encoder_graph(
-    vocabulary_size,
-    num_layers,
-    num_heads,
-    hidden_dim,
-    intermediate_dim,
-    pattern,
-    pad_id,
-    dropout,
-):
-    """Inputs, the hidden states `(B, T, D)`, and the embedding layer."""
-    pattern = as_pattern(pattern)
-    inputs = _inputs_for(pattern)
-    embedding = TokenEmbedding(
-        vocabulary_size, hidden_dim, pad_id=pad_id, name="token_embedding"
-    )
-    x = keras.layers.Dropout(dropout)(embedding(inputs["token_ids"]))
-    settings = {
-        "num_heads": num_heads,
-        "intermediate_dim": intermediate_dim,
-        "pattern": pattern,
-        "dropout": dropout,
-    }
-    per_example = {k: v for k, v in inputs.items() if k != "token_ids"}
-    hidden = _stack(x, num_layers, settings, **per_example)
-    model_inputs = inputs if per_example else inputs["token_ids"]
-    return model_inputs, hidden, embedding
+from keras_dynmask.models._graph import encoder_graph
+from keras_dynmask.models.causal_lm import CausalLM
 
 
 def build_encoder(
@@ -97,7 +50,7 @@ def build_encoder(
     >>> encoder(np.array([[5, 6, 0]])).shape
     TensorShape([1, 3, 8])
     """
-    inputs, hidden, _ = _encoder_graph(
+    graph = encoder_graph(
         vocabulary_size,
         num_layers,
         num_heads,
@@ -107,7 +60,7 @@ def build_encoder(
         pad_id,
         dropout,
     )
-    return keras.Model(inputs, hidden, name=name)
+    return keras.Model(graph.inputs, graph.hidden, name=name)
 
 
 def build_causal_lm(
@@ -123,29 +76,31 @@ def build_causal_lm(
 ):
     """A decoder-only language model: token ids in, next-token logits out.
 
-    Train with `model.fit(ids[:, :-1], ids[:, 1:])` and a
-    `SparseCategoricalCrossentropy(from_logits=True)` loss: the logits carry
-    the padding mask, so padded targets do not count.
-
-    Args: as `build_encoder`; `pattern` defaults to `"causal"` (use
-    `"causal | prefix"` for a prefix-LM, `"causal & window(W - 1)"` for a
-    sliding window of `W` keys).
+    Args: as `build_encoder`; `pattern` defaults to `"causal"`.
 
     Returns:
-        A functional `keras.Model` giving logits `(B, T, vocabulary_size)`
-        (the output projection is tied to the token embedding).
+        A `CausalLM` (a functional `keras.Model` giving logits `(B, T,
+        vocabulary_size)` that can also decode with a key/value cache).
+
+    Example:
+
+    >>> import numpy as np, keras_dynmask as kd
+    >>> lm = kd.models.build_causal_lm(50, num_layers=1, num_heads=2,
+    ...                                hidden_dim=8, intermediate_dim=16)
+    >>> tuple(lm(np.array([[5, 6, 0]])).shape)
+    (1, 3, 50)
     """
-    inputs, hidden, embedding = _encoder_graph(
+    return CausalLM(
         vocabulary_size,
-        num_layers,
-        num_heads,
-        hidden_dim,
-        intermediate_dim,
-        pattern,
-        pad_id,
-        dropout,
+        num_layers=num_layers,
+        num_heads=num_heads,
+        hidden_dim=hidden_dim,
+        intermediate_dim=intermediate_dim,
+        pattern=pattern,
+        pad_id=pad_id,
+        dropout=dropout,
+        name=name,
     )
-    return keras.Model(inputs, embedding(hidden, reverse=True), name=name)
 
 
 def build_seq2seq(

@@ -26,8 +26,7 @@ from keras import ops
 
 from keras_dynmask.core import _random
 from keras_dynmask.core._checks import check_int
-from keras_dynmask.layers import TokenEmbedding
-from keras_dynmask.layers import TransformerBlock
+from keras_dynmask.models.causal_lm import CausalLM
 
 
 def generate(
@@ -44,10 +43,9 @@ def generate(
     """New tokens for each prompt, greedy or sampled from the top k.
 
     Args:
-        model: a causal LM from `keras_dynmask.models.build_causal_lm` (or
-            any model with its layer names: `token_embedding`, the
-            `TransformerBlock`s and `final_norm`), whose blocks' patterns
-            let no query see a later key.
+        model: a `CausalLM` (from `keras_dynmask.models.build_causal_lm`)
+            whose pattern lets no query see a later key; it decodes through
+            its own `call_with_cache`.
         prompts: list of lists of token ids, each non-empty; lengths may
             differ. The padding id is never generated.
         max_new_tokens: int > 0.
@@ -113,63 +111,42 @@ _PARTS = weakref.WeakKeyDictionary()
 def _parts(model):
     """The model's `_Parts`, made once per model so that its compiled
     functions are traced once."""
+    if not isinstance(model, CausalLM):
+        raise ValueError(
+            "generate needs a CausalLM (from build_causal_lm or "
+            "keras_dynmask.models.CausalLM), which can run with a key/value "
+            f"cache; received {type(model).__name__} {model.name!r}"
+        )
     if model not in _PARTS:
         _PARTS[model] = _Parts(model)
     return _PARTS[model]
 
 
 class _Parts:
-    """The layers of a causal LM that decoding calls one by one, and the
-    compiled functions that call them."""
+    """The compiled functions that decoding calls: through the model's own
+    `call_with_cache`, or the whole model."""
 
     def __init__(self, model):
-        try:
-            self.embedding = model.get_layer("token_embedding")
-            self.norm = model.get_layer("final_norm")
-        except ValueError:
-            raise ValueError(
-                "generate needs a causal LM from build_causal_lm (layers "
-                f"'token_embedding' and 'final_norm'); {model.name!r} has "
-                f"layers {[layer.name for layer in model.layers]}"
-            ) from None
-        if not isinstance(self.embedding, TokenEmbedding):
-            raise ValueError(
-                "generate needs a TokenEmbedding named 'token_embedding', "
-                f"received {type(self.embedding).__name__}"
-            )
-        self.blocks = [
-            layer
-            for layer in model.layers
-            if isinstance(layer, TransformerBlock)
-        ]
         self.model = model
-        self.pad_id = self.embedding.pad_id
-        self.vocabulary_size = self.embedding.vocabulary_size
+        self.blocks = model.transformer_blocks
+        self.pad_id = model.pad_id
+        self.vocabulary_size = model.vocabulary_size
         self.prefill = _compiled(self._prefill)
         self.step = _compiled(self._step)
         self.run = _compiled(self._run)
 
-    def _logits(self, hidden):
-        return self.embedding(self.norm(hidden), reverse=True)
-
-    def _prefill(self, ids, last, caches):
+    def _prefill(self, ids, last, cache):
         """Logits `(B, V)` after position `last` of each row, and the
-        caches with every prompt position written."""
-        x = self.embedding(ids)
-        updated = []
-        for block, cache in zip(self.blocks, caches, strict=True):
-            x, cache = block(x, cache=cache, cache_index=0)
-            updated.append(cache)
-        return self._logits(_at(x, last))[:, 0], updated
+        cache with every prompt position written."""
+        logits, cache = self.model.call_with_cache(ids, cache, 0)
+        return _at(logits, last)[:, 0], cache
 
-    def _step(self, tokens, positions, caches):
+    def _step(self, tokens, positions, cache):
         """One new token per row, at each row's own position."""
-        x = self.embedding(ops.expand_dims(tokens, 1), offset=positions)
-        updated = []
-        for block, cache in zip(self.blocks, caches, strict=True):
-            x, cache = block(x, cache=cache, cache_index=positions)
-            updated.append(cache)
-        return self._logits(x)[:, 0], updated
+        logits, cache = self.model.call_with_cache(
+            ops.expand_dims(tokens, 1), cache, positions
+        )
+        return logits[:, 0], cache
 
     def _run(self, ids, last):
         """The whole model on the whole text: logits after `last`."""
@@ -277,34 +254,23 @@ class _CachedDecoder:
         self.parts = parts
         self.ids = ids
         self.lengths = lengths
-        batch, size = len(ids), ids.shape[1] + max_new_tokens
-        self.caches = [
-            ops.zeros(
-                (
-                    batch,
-                    2,
-                    size,
-                    block.self_attention.num_heads,
-                    block.self_attention.key_dim,
-                ),
-                block.compute_dtype,
-            )
-            for block in parts.blocks
-        ]
+        self.cache = parts.model.init_cache(
+            len(ids), ids.shape[1] + max_new_tokens
+        )
 
     def first(self):
-        logits, self.caches = self.parts.prefill(
+        logits, self.cache = self.parts.prefill(
             ops.convert_to_tensor(self.ids),
             ops.convert_to_tensor(self.lengths - 1),
-            self.caches,
+            self.cache,
         )
         return logits
 
     def next(self, tokens, step):
-        logits, self.caches = self.parts.step(
+        logits, self.cache = self.parts.step(
             ops.convert_to_tensor(tokens),
             ops.convert_to_tensor(self.lengths + step),
-            self.caches,
+            self.cache,
         )
         return logits
 

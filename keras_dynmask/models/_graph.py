@@ -1,0 +1,72 @@
+"""The shared graph of the encoder and the causal LM: token ids (and the
+per-example inputs the pattern reads), the embedding, the blocks, the final
+norm."""
+
+from typing import NamedTuple
+
+import keras
+
+from keras_dynmask.core.parsing import as_pattern
+from keras_dynmask.core.patterns import PATTERN_INPUTS
+from keras_dynmask.layers import TokenEmbedding
+from keras_dynmask.layers import TransformerBlock
+
+
+def inputs_for(pattern, name="token_ids"):
+    """Keras inputs: token ids plus whatever the pattern reads per example."""
+    inputs = {name: keras.Input((None,), dtype="int32", name=name)}
+    for needed in sorted(pattern.required_inputs()):
+        inputs[needed] = keras.Input(
+            PATTERN_INPUTS[needed], dtype="int32", name=needed
+        )
+    return inputs
+
+
+class Graph(NamedTuple):
+    """A built encoder graph and the layers a cached decoder calls."""
+
+    inputs: object  # the token ids input, or a dict with the per-example
+    hidden: object  # `(B, T, D)` after the final norm
+    embedding: TokenEmbedding
+    blocks: list
+    norm: keras.layers.LayerNormalization
+
+
+def encoder_graph(
+    vocabulary_size,
+    num_layers,
+    num_heads,
+    hidden_dim,
+    intermediate_dim,
+    pattern,
+    pad_id,
+    dropout,
+):
+    """The inputs, the blocks and the hidden states `(B, T, D)`."""
+    pattern = as_pattern(pattern)
+    inputs = inputs_for(pattern)
+    embedding = TokenEmbedding(
+        vocabulary_size, hidden_dim, pad_id=pad_id, name="token_embedding"
+    )
+    x = keras.layers.Dropout(dropout)(embedding(inputs["token_ids"]))
+    settings = {
+        "num_heads": num_heads,
+        "intermediate_dim": intermediate_dim,
+        "pattern": pattern,
+        "dropout": dropout,
+    }
+    per_example = {k: v for k, v in inputs.items() if k != "token_ids"}
+    blocks = [
+        TransformerBlock(name=f"block_{index}", **settings)
+        for index in range(num_layers)
+    ]
+    for block in blocks:
+        x = block(x, **per_example)
+    norm = keras.layers.LayerNormalization(epsilon=1e-5, name="final_norm")
+    return Graph(
+        inputs if per_example else inputs["token_ids"],
+        norm(x),
+        embedding,
+        blocks,
+        norm,
+    )

@@ -1,0 +1,171 @@
+"""A decoder-only language model that can also run one step at a time.
+
+`CausalLM` is a functional `keras.Model` (it trains, saves and exports as
+one), and it knows its own layers: `call_with_cache` runs the same token
+embedding, blocks, final norm and tied output projection as the model's
+graph, writing and reading a key/value cache, so a decoder (the Python loop
+in `keras_dynmask.generation`, or an exported one) never reaches around the
+model for its parts.
+"""
+
+import keras
+from keras import ops
+
+from keras_dynmask.core._checks import check_int
+from keras_dynmask.core.parsing import as_pattern
+from keras_dynmask.models._graph import encoder_graph
+
+
+@keras.saving.register_keras_serializable(package="keras_dynmask")
+class CausalLM(keras.Model):
+    """A decoder-only language model: token ids in, next-token logits out.
+
+    Train with `model.fit(ids[:, :-1], ids[:, 1:])` and a
+    `SparseCategoricalCrossentropy(from_logits=True)` loss: the logits carry
+    the padding mask, so padded targets do not count.
+
+    Args:
+        vocabulary_size: int.
+        num_layers, num_heads, hidden_dim, intermediate_dim: ints. Sizes.
+        pattern: `Pattern` or text for every block's self-attention.
+            Defaults to `"causal"` (use `"causal | prefix"` for a
+            prefix-LM, `"causal & window(W - 1)"` for a sliding window of
+            `W` keys).
+        pad_id: int. Defaults to `0`.
+        dropout: float. Defaults to `0.1`.
+        name: str. Defaults to `"causal_lm"`.
+
+    Its input is `token_ids` `(B, T)`, or a dict that adds the per-example
+    inputs the pattern reads; its output is logits `(B, T,
+    vocabulary_size)` (the output projection is the token embedding,
+    transposed).
+
+    Example:
+
+    >>> import numpy as np, keras_dynmask as kd
+    >>> lm = kd.models.CausalLM(50, num_layers=1, num_heads=2, hidden_dim=8,
+    ...                         intermediate_dim=16)
+    >>> ids = np.array([[5, 6, 7]])
+    >>> cache = lm.init_cache(batch_size=1, max_length=4)
+    >>> logits, cache = lm.call_with_cache(ids, cache, cache_index=0)
+    >>> step, cache = lm.call_with_cache(np.array([[8]]), cache, 3)
+    >>> whole = lm(np.array([[5, 6, 7, 8]]))
+    >>> bool(np.allclose(step[:, 0], whole[:, 3], atol=1e-5))
+    True
+    """
+
+    def __init__(
+        self,
+        vocabulary_size,
+        num_layers=4,
+        num_heads=4,
+        hidden_dim=256,
+        intermediate_dim=1024,
+        pattern="causal",
+        pad_id=0,
+        dropout=0.1,
+        name="causal_lm",
+        **kwargs,
+    ):
+        pattern = as_pattern(pattern)
+        config = {
+            "vocabulary_size": vocabulary_size,
+            "num_layers": num_layers,
+            "num_heads": num_heads,
+            "hidden_dim": hidden_dim,
+            "intermediate_dim": intermediate_dim,
+            "pattern": str(pattern),
+            "pad_id": pad_id,
+            "dropout": dropout,
+        }
+        graph = encoder_graph(**{**config, "pattern": pattern})
+        super().__init__(
+            graph.inputs,
+            graph.embedding(graph.hidden, reverse=True),
+            name=name,
+            **kwargs,
+        )
+        self._config = config
+        self.vocabulary_size = vocabulary_size
+        self.pad_id = pad_id
+        self.pattern = pattern
+
+    @property
+    def token_embedding(self):
+        """The `TokenEmbedding` (also the output projection)."""
+        return self.get_layer("token_embedding")
+
+    @property
+    def transformer_blocks(self):
+        """The `TransformerBlock`s, first to last."""
+        return [
+            self.get_layer(f"block_{index}")
+            for index in range(self._config["num_layers"])
+        ]
+
+    @property
+    def final_norm(self):
+        return self.get_layer("final_norm")
+
+    def init_cache(self, batch_size, max_length):
+        """An empty key/value cache for `max_length` positions.
+
+        Returns:
+            zeros `(batch_size, num_layers, 2, max_length, num_heads,
+            key_dim)` in the blocks' compute dtype: keys then values of
+            every block.
+        """
+        batch_size = check_int("batch_size", batch_size, minimum=1)
+        max_length = check_int("max_length", max_length, minimum=1)
+        attention = self.transformer_blocks[0].self_attention
+        return ops.zeros(
+            (
+                batch_size,
+                self._config["num_layers"],
+                2,
+                max_length,
+                attention.num_heads,
+                attention.key_dim,
+            ),
+            self.transformer_blocks[0].compute_dtype,
+        )
+
+    def call_with_cache(self, token_ids, cache, cache_index):
+        """Logits for `token_ids` placed at `cache_index`, and the cache.
+
+        The queries stand at positions `cache_index + t`; every block
+        writes their keys and values there and attends over the cache
+        through its pattern, so feeding a text in pieces gives the logits
+        of the whole text (inference: no dropout).
+
+        Args:
+            token_ids: int `(B, T)`.
+            cache: from `init_cache` (or a previous call).
+            cache_index: int, or int `(B,)` for rows at different
+                positions.
+
+        Returns:
+            `(logits (B, T, vocabulary_size), updated cache)`.
+        """
+        if self.pattern.required_inputs():
+            raise ValueError(
+                "call_with_cache runs patterns that read only positions; "
+                f"this model's pattern {str(self.pattern)!r} reads "
+                f"{sorted(self.pattern.required_inputs())}"
+            )
+        x = self.token_embedding(token_ids, offset=cache_index)
+        updated = []
+        for index, block in enumerate(self.transformer_blocks):
+            x, block_cache = block(
+                x, cache=cache[:, index], cache_index=cache_index
+            )
+            updated.append(block_cache)
+        x = self.final_norm(x)
+        return self.token_embedding(x, reverse=True), ops.stack(updated, 1)
+
+    def get_config(self):
+        return {"name": self.name, "trainable": self.trainable, **self._config}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
