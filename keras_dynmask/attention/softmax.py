@@ -16,7 +16,8 @@ def softmax_attention(query_heads, key_heads, value_heads, mask, dropout=None):
     Args:
         query_heads: `(B, T, N, H)`, already scaled.
         key_heads, value_heads: `(B, S, N, H)`.
-        mask: bool `(B|1, T, S)` or `None`.
+        mask: bool `(B|1, T, S)`, `(B|1, N|1, T, S)` (per head) or
+            `None`.
         dropout: callable on the weights, or `None`.
 
     Returns:
@@ -28,22 +29,30 @@ def softmax_attention(query_heads, key_heads, value_heads, mask, dropout=None):
         ops.einsum("bsnh,btnh->bnts", key_heads, query_heads), "float32"
     )
     if mask is not None:
-        head_mask = ops.expand_dims(mask, 1)
+        head_mask = mask if len(mask.shape) == 4 else ops.expand_dims(mask, 1)
         scores = ops.where(head_mask, scores, MASKED_SCORE)
     if scores.shape[-1] == 1:
         # One key: its weight is 1 (Keras warns on a softmax of size 1).
         weights = ops.ones_like(scores)
     else:
         weights = ops.softmax(scores, axis=-1)
-    has_key = None
     if mask is not None:
         # A row whose keys are all hidden would otherwise be uniform.
         weights = ops.where(head_mask, weights, 0.0)
-        has_key = ops.broadcast_to(
-            ops.any(mask, axis=-1),
-            (ops.shape(query_heads)[0], ops.shape(query_heads)[1]),
-        )
     weights = ops.cast(weights, value_heads.dtype)
     dropped = weights if dropout is None else dropout(weights)
     attended = ops.einsum("bnts,bsnh->btnh", dropped, value_heads)
-    return attended, has_key, weights
+    return attended, rows_with_keys(mask, query_heads), weights
+
+
+def rows_with_keys(mask, query_heads):
+    """bool `(B, T)`: the queries that see a key in some head, or `None`
+    when `mask` is `None` (every query sees every key)."""
+    if mask is None:
+        return None
+    if len(mask.shape) == 4:
+        mask = ops.any(mask, axis=1)
+    return ops.broadcast_to(
+        ops.any(mask, axis=-1),
+        (ops.shape(query_heads)[0], ops.shape(query_heads)[1]),
+    )

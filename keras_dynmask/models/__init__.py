@@ -20,6 +20,7 @@ from keras_dynmask.models.builders import build_seq2seq
 from keras_dynmask.models.causal_lm import CausalLM
 from keras_dynmask.models.masked_lm import MaskedLM
 from keras_dynmask.models.masked_lm import gather_positions
+from keras_dynmask.models.stock import replace_stock_layers
 
 __all__ = [
     "CausalLM",
@@ -29,4 +30,5 @@ __all__ = [
     "build_encoder",
     "build_seq2seq",
     "gather_positions",
+    "replace_stock_layers",
 ]

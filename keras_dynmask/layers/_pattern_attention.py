@@ -1,0 +1,425 @@
+"""What our attention layers add to Keras': the pattern, the per-call
+mask, the key/value cache and the block-wise path.
+
+`PatternAttention` is a mixin over a Keras attention layer (its projections
+`_query_dense`, `_key_dense`, `_value_dense`, `_output_dense`, optional
+`_gate_dense`, and `_dropout_layer`). A layer that uses it says how many
+query and key/value heads it has (`_head_counts`) and how its dense
+attention runs (`_dense_attention`); everything else is here.
+"""
+
+import math
+import numbers
+
+import keras
+from keras import ops
+
+from keras_dynmask.attention import blockwise
+from keras_dynmask.attention.cache import write_cache
+from keras_dynmask.attention.softmax import rows_with_keys
+from keras_dynmask.core import masks
+from keras_dynmask.core._checks import check_int
+from keras_dynmask.core.parsing import as_pattern
+from keras_dynmask.layers._keras_mask import set_keras_mask
+from keras_dynmask.layers._keras_mask import without_mask
+from keras_dynmask.layers.attention_mask import call_attention_mask
+from keras_dynmask.layers.attention_mask import pattern_variables
+
+PER_EXAMPLE = (
+    "segment_ids",
+    "key_segment_ids",
+    "prefix_length",
+    "span_length",
+    "span_position",
+)
+
+
+def _given_mask(attention_mask, num_heads):
+    """A caller's `attention_mask` as bool `(B|1, T, S)` or `(B, N, T, S)`."""
+    given = ops.cast(attention_mask, "bool")
+    rank = len(given.shape)
+    if rank == 2:  # (T, S): one mask for every example
+        return ops.expand_dims(given, 0)
+    if rank == 4 and given.shape[1] not in (None, 1, num_heads):
+        raise ValueError(
+            f"attention_mask of shape (B, heads, T, S) must have {num_heads} "
+            f"heads (or 1), received shape {tuple(attention_mask.shape)}"
+        )
+    if rank not in (3, 4):
+        raise ValueError(
+            "attention_mask must have shape (T, S), (B, T, S) or (B, heads, "
+            f"T, S), received shape {tuple(attention_mask.shape)}"
+        )
+    return given
+
+
+def positive_int(name, value):
+    """A positive int, or Keras' error (naming the value's type too)."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Integral)
+        or value <= 0
+    ):
+        raise ValueError(
+            f"Received an invalid value for argument `{name}`, expected a "
+            f"positive integer. Received: {name}={value!r} of type "
+            f"{type(value).__name__}"
+        )
+    return int(value)
+
+
+class CallMasks:
+    """What decides one call's `(B, T, S)` mask: the queries and keys, their
+    token masks, the offset, a given mask and the per-example inputs."""
+
+    def __init__(
+        self,
+        layer,
+        query,
+        key,
+        query_mask,
+        key_mask,
+        offset,
+        attention_mask,
+        inputs,
+        use_causal_mask=False,
+    ):
+        self.layer = layer
+        self.use_causal_mask = bool(use_causal_mask)
+        self.query, self.key = query, key
+        self.query_mask, self.key_mask = query_mask, key_mask
+        self.offset = offset
+        self.attention_mask = attention_mask
+        self.inputs = {k: v for k, v in inputs.items() if v is not None}
+
+    def dense(self):
+        """bool `(B|1, T, S)`, or `None` when nothing is masked."""
+        mask = call_attention_mask(
+            self.layer.pattern,
+            self.query,
+            self.key,
+            self.query_mask,
+            self.key_mask,
+            self.offset,
+            variables=self.layer.pattern_variables,
+            **self.inputs,
+        )
+        for extra in self._stock_masks():
+            mask = extra if mask is None else and_masks(mask, extra)
+        return mask
+
+    @property
+    def needs_dense(self):
+        """Whether something beyond the pattern and the padding decides
+        this call's mask (then only the dense path applies)."""
+        return (
+            self.attention_mask is not None
+            or self.use_causal_mask
+            or self.layer.sliding_window is not None
+        )
+
+    def _stock_masks(self):
+        """Keras' own mask arguments: `attention_mask`, `use_causal_mask`
+        and the layer's `sliding_window` (`|i - j| < W`), each at this
+        call's offset."""
+        query_length = ops.shape(self.query)[1]
+        key_length = ops.shape(self.key)[1]
+        if self.attention_mask is not None:
+            yield _given_mask(self.attention_mask, self.layer.query_heads)
+        if self.use_causal_mask:
+            yield masks.causal_mask(query_length, key_length, self.offset)
+        if self.layer.sliding_window is not None:
+            width = self.layer.sliding_window - 1
+            yield masks.window_mask(
+                width,
+                query_length=query_length,
+                key_length=key_length,
+                offset=self.offset,
+            )
+
+
+def and_masks(mask, other):
+    """AND of `(B|1, T, S)` and `(B|1, [N,] T, S)` masks."""
+    if len(mask.shape) < len(other.shape):
+        mask = ops.expand_dims(mask, 1)
+    elif len(other.shape) < len(mask.shape):
+        other = ops.expand_dims(other, 1)
+    return ops.logical_and(mask, other)
+
+
+def own_attention(function):
+    """Marks a layer's own `_compute_attention`: a subclass that replaces
+    it must see every call, so the block-wise path is then not taken."""
+    function.keras_dynmask_own = True
+    return function
+
+
+class PatternAttention:
+    """The mixin; see the module docstring."""
+
+    def _init_pattern(self, pattern, block_size):
+        self.pattern = as_pattern(pattern)
+        self.pattern_variables = pattern_variables(self, self.pattern)
+        if block_size is not None:
+            block_size = check_int("block_size", block_size, minimum=1)
+        self.block_size = block_size
+        self._blockwise = block_size is not None and blockwise.supports(
+            self.pattern
+        )
+
+    @property
+    def query_heads(self):
+        return self._head_counts()[0]
+
+    def _pattern_call(
+        self,
+        query,
+        value,
+        key,
+        query_mask,
+        value_mask,
+        key_mask,
+        attention_mask,
+        return_attention_scores,
+        training,
+        use_causal_mask,
+        per_example,
+        offset,
+        cache,
+        cache_index,
+    ):
+        """The call on `(B, T, D)` inputs; see the layers' docstrings."""
+        if cache is None:
+            key_mask = value_mask if key_mask is None else key_mask
+            if cache_index is not None:
+                raise ValueError(
+                    "cache_index places new keys in a cache: pass cache= "
+                    f"too, received cache_index={cache_index!r}, cache=None"
+                )
+        if self._flash_attention and return_attention_scores:
+            raise ValueError(
+                "Returning attention scores is not supported when flash "
+                "attention is enabled. Please disable flash attention to "
+                "access attention scores."
+            )
+        # The mask is applied below; the projections need not see it.
+        query_heads = self._query_dense(without_mask(query))
+        key_heads = self._key_dense(without_mask(key))
+        value_heads = self._value_dense(without_mask(value))
+        if cache is not None:
+            cache = self._updated_cache(
+                cache, cache_index, offset, key_heads, value_heads
+            )
+            key_heads, value_heads = cache[:, 0], cache[:, 1]
+            key, offset = key_heads, cache_index
+        key_heads, value_heads = self._repeat_key_value(key_heads, value_heads)
+        call_masks = CallMasks(
+            self,
+            query,
+            key,
+            query_mask,
+            key_mask,
+            offset,
+            attention_mask,
+            per_example,
+            use_causal_mask=use_causal_mask,
+        )
+        heads = (query_heads, key_heads, value_heads)
+        weights = None
+        if not return_attention_scores and self._takes_blocks(
+            value, cache, call_masks
+        ):
+            attended, has_key = self._blocks_or_dense(
+                heads, call_masks, training
+            )
+        else:
+            mask = call_masks.dense()
+            attended, weights = self._dense_attention(
+                heads, mask, training, return_attention_scores
+            )
+            has_key = rows_with_keys(mask, query_heads)
+        if getattr(self, "_gate_dense", None) is not None:
+            attended = attended * self._gate_dense(without_mask(query))
+        output = self._output_dense(attended)
+        if has_key is not None:
+            # A query that sees no key outputs zeros, not the bias.
+            has_key = ops.reshape(
+                has_key, (*ops.shape(has_key), *[1] * (len(output.shape) - 2))
+            )
+            output = ops.where(has_key, output, ops.zeros_like(output))
+        if query_mask is not None:
+            set_keras_mask(output, ops.cast(query_mask, "bool"))
+        outputs = (output,)
+        if return_attention_scores:
+            outputs += (weights,)
+        if cache is not None:
+            outputs += (cache,)
+        return outputs[0] if len(outputs) == 1 else outputs
+
+    def _repeat_key_value(self, key_heads, value_heads):
+        """Key and value heads repeated to one per query head."""
+        query_heads, key_value_heads, _, _ = self._head_counts()
+        repeats = query_heads // key_value_heads
+        if repeats == 1:
+            return key_heads, value_heads
+        return (
+            ops.repeat(key_heads, repeats, axis=2),
+            ops.repeat(value_heads, repeats, axis=2),
+        )
+
+    def _scaled(self, query_heads):
+        key_size = self._head_counts()[2]
+        return query_heads * ops.cast(
+            1.0 / math.sqrt(key_size), query_heads.dtype
+        )
+
+    def _causal_and(self, attention_mask, query, key, use_causal_mask):
+        """`attention_mask` as bool `(B|1, [N,] T, S)`, ANDed with the
+        causal mask when asked (for `_compute_attention`)."""
+        if attention_mask is not None:
+            attention_mask = ops.cast(attention_mask, "bool")
+            if len(attention_mask.shape) == 2:
+                attention_mask = ops.expand_dims(attention_mask, 0)
+        if use_causal_mask:
+            causal = masks.causal_mask(ops.shape(query)[1], ops.shape(key)[1])
+            attention_mask = (
+                causal
+                if attention_mask is None
+                else and_masks(attention_mask, causal)
+            )
+        return attention_mask
+
+    def _updated_cache(
+        self, cache, cache_index, offset, key_heads, value_heads
+    ):
+        """The cache with this call's keys and values written in."""
+        cache = self._check_cache(cache, cache_index, offset)
+        return ops.stack(
+            [
+                write_cache(cache[:, 0], key_heads, cache_index),
+                write_cache(cache[:, 1], value_heads, cache_index),
+            ],
+            axis=1,
+        )
+
+    def _blocks_or_dense(self, heads, call_masks, training):
+        """`(attended, has_key)` block by block when the window reaches at
+        most half the sequence (decided in the graph, for this call's
+        length), else by the dense path."""
+        query_heads, key_heads, value_heads = heads
+
+        def dropout(weights):
+            return self._dropout_layer(weights, training=training)
+
+        def blocks():
+            return blockwise.attention(
+                self._scaled(query_heads),
+                key_heads,
+                value_heads,
+                self.pattern,
+                self.block_size,
+                variables=self.pattern_variables,
+                query_mask=call_masks.query_mask,
+                key_mask=call_masks.key_mask,
+                segment_ids=call_masks.inputs.get("segment_ids"),
+                dropout=dropout,
+            )
+
+        def dense():
+            mask = call_masks.dense()
+            attended, _ = self._dense_attention(heads, mask, training, False)
+            has_key = rows_with_keys(mask, query_heads)
+            if has_key is None:
+                has_key = ops.ones(ops.shape(attended)[:2], "bool")
+            return attended, has_key
+
+        before, after = blockwise.key_blocks(
+            self.pattern, self.pattern_variables, self.block_size
+        )
+        # Blocks pay once each query block reads at most half the sequence
+        # (window 256, blocks of 128: 0.92x dense's speed at T = 512, where
+        # they read 3/4 of it; 1.26x at T = 768; 5x at T = 4096;
+        # benchmarks/scaling.py).
+        length = ops.shape(call_masks.query)[1]
+        fewer_keys = ops.logical_and(
+            ops.less_equal(2 * (before + after + 1) * self.block_size, length),
+            ops.equal(length, ops.shape(call_masks.key)[1]),
+        )
+        return ops.cond(fewer_keys, blocks, dense)
+
+    def _takes_blocks(self, value, cache, call_masks):
+        """Whether this call may use block-wise attention: a window
+        pattern, queries and keys at the same positions (offset 0, lengths
+        not known to differ), nothing that needs a dense `(B, T, S)` mask,
+        on a backend with run-time shapes."""
+        lengths = {
+            call_masks.query.shape[1],
+            call_masks.key.shape[1],
+            value.shape[1],
+        } - {None}
+        own = type(self)._compute_attention
+        return (
+            self._blockwise
+            and getattr(own, "keras_dynmask_own", False)
+            and blockwise.available()
+            and cache is None
+            and not call_masks.needs_dense
+            and call_masks.inputs.get("key_segment_ids") is None
+            and isinstance(call_masks.offset, int)
+            and call_masks.offset == 0
+            and len(lengths) <= 1
+        )
+
+    def _check_cache(self, cache, cache_index, offset):
+        _, key_value_heads, key_size, value_size = self._head_counts()
+        expected = (2, None, key_value_heads, key_size)
+        if len(cache.shape) != 5 or any(
+            want is not None and got is not None and want != got
+            for want, got in zip(expected, cache.shape[1:], strict=True)
+        ):
+            raise ValueError(
+                "cache must have shape (batch, 2, length, key/value heads="
+                f"{key_value_heads}, head size={key_size}), received "
+                f"shape {tuple(cache.shape)}"
+            )
+        if value_size != key_size:
+            raise ValueError(
+                "A cache holds keys and values in one tensor, so it needs "
+                f"value_dim == key_dim; this layer has key_dim={key_size}, "
+                f"value_dim={value_size}"
+            )
+        if cache_index is None:
+            raise ValueError(
+                "cache needs cache_index, the position where this call's "
+                "first token goes (0 for a prompt from the start), "
+                "received cache_index=None"
+            )
+        if not (isinstance(offset, int) and offset == 0):
+            raise ValueError(
+                "With a cache, cache_index is the queries' position: pass "
+                f"it instead of offset, received offset={offset!r}"
+            )
+        return ops.cast(cache, self.compute_dtype)
+
+    def compute_mask(self, *args, **kwargs):
+        # Attached in `call`; see `_keras_mask` for why none is recorded.
+        return None
+
+    def _cache_output_spec(self, outputs, return_attention_scores, cache):
+        """Keras' output spec, with the scores over the cache's length and
+        the cache itself."""
+        if cache is None:
+            return outputs
+        if return_attention_scores:
+            output, scores = outputs
+            scores = keras.KerasTensor(
+                (*scores.shape[:-1], cache.shape[2]), dtype=scores.dtype
+            )
+            outputs = (output, scores)
+        else:
+            outputs = (outputs,)
+        cache = keras.KerasTensor(cache.shape, dtype=self.compute_dtype)
+        return (*outputs, cache)
+
+    def _pattern_config(self):
+        return {"pattern": str(self.pattern), "block_size": self.block_size}

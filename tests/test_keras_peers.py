@@ -1,0 +1,63 @@
+"""Keras' own tests of its attention layers, run against ours.
+
+The Keras wheel ships its tests (`keras/src/layers/attention/*_test.py`).
+This file loads them from the installed wheel (nothing of them is copied
+here), swaps the class under test for ours in the test module's `layers`,
+and runs every test. The few that cannot apply are in `SKIPPED`, each with
+its reason.
+"""
+
+import importlib.util
+import pathlib
+import unittest
+
+import keras
+
+import keras_dynmask as kd
+
+STOCK_TESTS = pathlib.Path(keras.__file__).parent / "src/layers/attention"
+
+# test name -> why it cannot run against our class.
+SKIPPED = {}
+
+
+class _Swapped:
+    """A stand-in for `keras.src.layers` with some classes replaced."""
+
+    def __init__(self, module, **classes):
+        self._module = module
+        self._classes = classes
+
+    def __getattr__(self, name):
+        if name in self._classes:
+            return self._classes[name]
+        return getattr(self._module, name)
+
+
+def _stock_test_case(filename, case, **classes):
+    """The `case` TestCase of Keras' `filename`, run on `classes`."""
+    path = STOCK_TESTS / filename
+    spec = importlib.util.spec_from_file_location(f"stock_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.layers = _Swapped(module.layers, **classes)
+    test_case = getattr(module, case)
+    for name in dir(test_case):
+        for skipped, reason in SKIPPED.items():
+            if name == skipped or name.startswith(f"{skipped}_"):
+                setattr(
+                    test_case,
+                    name,
+                    unittest.skip(reason)(getattr(test_case, name)),
+                )
+    return test_case
+
+
+class TestKerasMultiHeadAttention(
+    _stock_test_case(
+        "multi_head_attention_test.py",
+        "MultiHeadAttentionTest",
+        MultiHeadAttention=kd.MultiHeadAttention,
+    )
+):
+    """Keras 3.15's `MultiHeadAttentionTest` on `kd.MultiHeadAttention`."""
