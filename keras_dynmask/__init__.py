@@ -36,6 +36,7 @@ _PUBLIC = {
     **dict.fromkeys(
         [
             "AttentionMask",
+            "GroupedQueryAttention",
             "LengthMask",
             "MultiHeadAttention",
             "PaddingMask",

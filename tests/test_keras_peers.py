@@ -61,3 +61,15 @@ class TestKerasMultiHeadAttention(
     )
 ):
     """Keras 3.15's `MultiHeadAttentionTest` on `kd.MultiHeadAttention`."""
+
+
+class TestKerasGroupedQueryAttention(
+    _stock_test_case(
+        "grouped_query_attention_test.py",
+        "GroupedQueryAttentionTest",
+        GroupQueryAttention=kd.GroupedQueryAttention,
+        GroupedQueryAttention=kd.GroupedQueryAttention,
+    )
+):
+    """Keras 3.15's `GroupedQueryAttentionTest` on
+    `kd.GroupedQueryAttention`."""

@@ -4,6 +4,7 @@ attention, blocks."""
 from keras_dynmask.layers.attention_mask import AttentionMask
 from keras_dynmask.layers.embedding import SinusoidalPositions
 from keras_dynmask.layers.embedding import TokenEmbedding
+from keras_dynmask.layers.grouped_query_attention import GroupedQueryAttention
 from keras_dynmask.layers.multi_head_attention import MultiHeadAttention
 from keras_dynmask.layers.time_frequency_masking import TimeFrequencyMasking
 from keras_dynmask.layers.token_masking import TokenMasking
@@ -14,6 +15,7 @@ from keras_dynmask.layers.transformer_block import TransformerBlock
 
 __all__ = [
     "AttentionMask",
+    "GroupedQueryAttention",
     "LengthMask",
     "MultiHeadAttention",
     "PaddingMask",

@@ -269,8 +269,10 @@ class PatternAttention:
 
     def _scaled(self, query_heads):
         key_size = self._head_counts()[2]
-        return query_heads * ops.cast(
-            1.0 / math.sqrt(key_size), query_heads.dtype
+        query_heads = ops.convert_to_tensor(query_heads)
+        return ops.multiply(
+            query_heads,
+            ops.cast(1.0 / math.sqrt(key_size), query_heads.dtype),
         )
 
     def _causal_and(self, attention_mask, query, key, use_causal_mask):

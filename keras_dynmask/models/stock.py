@@ -19,23 +19,32 @@ Example:
 'causal'
 """
 
+import re
+
 import keras
 
+from keras_dynmask.layers import GroupedQueryAttention
 from keras_dynmask.layers import MultiHeadAttention
 
 
 def _replacements():
-    return {keras.layers.MultiHeadAttention: MultiHeadAttention}
+    return {
+        keras.layers.MultiHeadAttention: MultiHeadAttention,
+        keras.layers.GroupQueryAttention: GroupedQueryAttention,
+    }
 
 
 def replace_stock_layers(model, pattern=None):
     """A copy of `model` with Keras' attention layers replaced by ours.
 
     Every `keras.layers.MultiHeadAttention` becomes a
-    `keras_dynmask.MultiHeadAttention` with the same config (and `pattern`,
-    if given); every other layer is rebuilt from its config; all weights
-    are copied. Outputs equal the original's on real positions; padded
-    query rows are zeros, and the padding mask now reaches every block.
+    `keras_dynmask.MultiHeadAttention`, every
+    `keras.layers.GroupQueryAttention` a
+    `keras_dynmask.GroupedQueryAttention`, with the same config (and
+    `pattern`, if given); every other layer is rebuilt from its config;
+    all weights are copied. Outputs equal the original's on real
+    positions; padded query rows are zeros, and the padding mask now
+    reaches every block.
 
     Args:
         model: a functional or `Sequential` Keras model.
@@ -74,12 +83,20 @@ def replace_stock_layers(model, pattern=None):
 
 def _copy_weights(source, target):
     """Assigns each of `source`'s variables to `target`'s at its path (our
-    layers may add pattern variables, which keep their values)."""
-    variables = {variable.path: variable for variable in target.variables}
+    layers may add pattern variables, which keep their values). Seed
+    generators are numbered per process, so their numbers are ignored."""
+    variables = {}
+    for variable in target.variables:
+        variables.setdefault(_path(variable), []).append(variable)
     for variable in source.variables:
-        if variable.path not in variables:
+        matches = variables.get(_path(variable))
+        if not matches:
             raise ValueError(
                 f"The copy has no variable {variable.path!r}; it has "
-                f"{sorted(variables)}"
+                f"{sorted(v.path for v in target.variables)}"
             )
-        variables[variable.path].assign(variable)
+        matches.pop(0).assign(variable)
+
+
+def _path(variable):
+    return re.sub(r"seed_generator_\d+", "seed_generator", variable.path)
