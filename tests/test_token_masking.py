@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import keras_dynmask as kd
+from tests.helpers import to_numpy
 
 VOCAB = 40
 MASK, CLS, SEP, PAD = 1, 2, 3, 0
@@ -433,3 +434,51 @@ def test_int32_random_numbers_equal_the_int64_ones(monkeypatch):
     for a, b in zip(wide, narrow, strict=True):
         np.testing.assert_array_equal(a, b)
     assert (wide[2] >= 0).all() and (wide[2] < 2**31).all()
+
+
+def test_one_sequence_is_masked_as_a_batch_of_one():
+    ids = _batch(rows=1, length=20, seed=3)
+    batched = _layer(selection_rate=0.3)(ids, training=True)
+    single = _layer(selection_rate=0.3)(ids[0], training=True)
+    for name, value in batched.items():
+        assert keras.ops.shape(single[name]) == keras.ops.shape(value)[1:]
+        np.testing.assert_array_equal(
+            to_numpy(single[name]), to_numpy(value)[0]
+        )
+
+
+@pytest.mark.tensorflow_only
+def test_ragged_rows_are_masked_within_their_own_lengths():
+    import tensorflow as tf
+
+    rows = [[CLS, 5, 6, 7, 8, SEP], [CLS, 9, SEP], [CLS, *range(4, 30), SEP]]
+    ragged = tf.ragged.constant(rows, dtype="int32")
+    dense = tf.constant(
+        [row + [PAD] * (28 - len(row)) for row in rows], dtype="int32"
+    )
+    from_ragged = _layer(selection_rate=0.4, pad_id=None)(ragged, training=True)
+    from_dense = _layer(selection_rate=0.4)(dense, training=True)
+    assert isinstance(from_ragged["token_ids"], tf.RaggedTensor)
+    assert from_ragged["token_ids"].row_lengths().numpy().tolist() == [6, 3, 28]
+    np.testing.assert_array_equal(
+        from_ragged["token_ids"].to_tensor(PAD).numpy(),
+        to_numpy(from_dense["token_ids"]),
+    )
+    for name in ("mask_positions", "mask_ids", "mask_weights"):
+        np.testing.assert_array_equal(
+            to_numpy(from_ragged[name]), to_numpy(from_dense[name])
+        )
+    # In tf.data, from ragged batches.
+    layer = _layer(selection_rate=0.4, pad_id=None)
+    dataset = (
+        tf.data.Dataset.from_tensor_slices(ragged)
+        .ragged_batch(3)
+        .map(lambda ids: layer(ids, training=True))
+    )
+    batch = next(iter(dataset))
+    positions = batch["mask_positions"].numpy()
+    weights = batch["mask_weights"].numpy()
+    for row, length in enumerate([6, 3, 28]):
+        chosen = positions[row][weights[row] > 0]
+        assert len(chosen) == math.ceil(0.4 * (length - 2))
+        assert (chosen < length).all()

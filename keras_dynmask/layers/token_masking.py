@@ -77,9 +77,14 @@ class TokenMasking(keras.layers.Layer):
         **kwargs: base layer arguments.
 
     Call arguments:
-        token_ids: int `(B, T)`.
-        word_starts: optional bool `(B, T)`, `True` where a word begins
-            (whole-word masking: a word is selected or not as a whole).
+        token_ids: int `(B, T)`; or `(T,)`, one sequence (every output
+            loses its batch axis); or, on TensorFlow, a `tf.RaggedTensor`
+            `(B, None)` (as from `tf.data`'s `ragged_batch`), whose rows
+            are masked within their own lengths and whose `token_ids` and
+            `mask` outputs are ragged alike.
+        word_starts: optional bool, shaped as `token_ids`, `True` where a
+            word begins (whole-word masking: a word is selected or not as a
+            whole).
         training: bool.
 
     Returns:
@@ -218,11 +223,30 @@ class TokenMasking(keras.layers.Layer):
     ):
         # Keras fills `mask` for a lone tensor, `token_ids_mask` otherwise.
         incoming = token_ids_mask if token_ids_mask is not None else mask
-        token_ids = check_integer_tensor("token_ids", token_ids, ranks=(2,))
+        ragged = _Ragged.of(token_ids)
+        if ragged is not None:
+            token_ids, incoming = ragged.dense(self.pad_id), ragged.mask()
+            word_starts = ragged.densify(word_starts)
+        token_ids = check_integer_tensor("token_ids", token_ids, ranks=(1, 2))
+        if len(token_ids.shape) == 1:  # one sequence
+            outputs = self.call(
+                token_ids[None],
+                word_starts=None if word_starts is None else word_starts[None],
+                training=training,
+                mask=None if incoming is None else incoming[None],
+            )
+            return {name: value[0] for name, value in outputs.items()}
         valid = self.valid_positions(token_ids)
         if incoming is not None:
             valid = ops.logical_and(valid, ops.cast(incoming, "bool"))
+        outputs = self._masked(token_ids, word_starts, valid, training)
+        if ragged is not None:
+            outputs["token_ids"] = ragged.like(outputs["token_ids"])
+            outputs["mask"] = ragged.like(outputs["mask"])
+        return outputs
 
+    def _masked(self, token_ids, word_starts, valid, training):
+        """The outputs for a dense batch `(B, T)`."""
         if not training:
             outputs = masked_lm.find_mask_tokens(
                 token_ids, valid, self.mask_token_id, self.max_selections
@@ -300,8 +324,18 @@ class TokenMasking(keras.layers.Layer):
         return None
 
     def compute_output_spec(self, token_ids, word_starts=None, **kwargs):
-        batch, length = token_ids.shape[0], token_ids.shape[1]
         k = self.max_selections
+        if len(token_ids.shape) == 1:
+            return {
+                "token_ids": keras.KerasTensor(
+                    token_ids.shape, token_ids.dtype
+                ),
+                "mask_positions": keras.KerasTensor((k,), "int32"),
+                "mask_ids": keras.KerasTensor((k,), token_ids.dtype),
+                "mask_weights": keras.KerasTensor((k,), "float32"),
+                "mask": keras.KerasTensor(token_ids.shape, "bool"),
+            }
+        batch, length = token_ids.shape[0], token_ids.shape[1]
         return {
             "token_ids": keras.KerasTensor(token_ids.shape, token_ids.dtype),
             "mask_positions": keras.KerasTensor((batch, k), "int32"),
@@ -329,3 +363,40 @@ class TokenMasking(keras.layers.Layer):
             "span_p": self.span_p,
             "max_span_length": self.max_span_length,
         }
+
+
+class _Ragged:
+    """A ragged batch of ids (TensorFlow's `tf.RaggedTensor`, recognized by
+    its methods so that this tier imports no TensorFlow): padded for the
+    masking, and outputs made ragged again with the same row lengths."""
+
+    def __init__(self, ragged):
+        self.ragged = ragged
+        self.lengths = ragged.row_lengths()
+
+    @classmethod
+    def of(cls, value):
+        if hasattr(value, "row_lengths") and hasattr(value, "to_tensor"):
+            if value.ragged_rank != 1:
+                raise ValueError(
+                    "token_ids must be a batch of sequences (ragged rank 1), "
+                    f"received ragged rank {value.ragged_rank}"
+                )
+            return cls(value)
+        return None
+
+    def dense(self, pad_id):
+        return self.ragged.to_tensor(default_value=pad_id or 0)
+
+    def densify(self, value):
+        if value is None or not hasattr(value, "to_tensor"):
+            return value
+        return value.to_tensor(default_value=False)
+
+    def mask(self):
+        width = ops.shape(self.dense(0))[1]
+        positions = ops.arange(width)[None, :]
+        return ops.less(positions, ops.cast(self.lengths, "int32")[:, None])
+
+    def like(self, dense):
+        return type(self.ragged).from_tensor(dense, lengths=self.lengths)
