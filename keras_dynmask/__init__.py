@@ -81,6 +81,7 @@ _PUBLIC = {
         ],
         _PATTERNS,
     ),
+    "MaskedLMMaskGenerator": "keras_dynmask.tf.masked_lm_generator",
     "get_keras_mask": "keras_dynmask.layers._keras_mask",
     "parse_pattern": "keras_dynmask.core.parsing",
     "start_devices": "keras_dynmask.tf.quiet",

@@ -53,7 +53,8 @@ class TokenMasking(keras.layers.Layer):
         random_token_rate: float in `[0, 1]`, with `mask_token_rate +
             random_token_rate <= 1`. Defaults to `0.1`.
         max_selections: int >= 1. `K`, the static width of the gathered
-            outputs and the most tokens selected per row. Defaults to `20`.
+            outputs and the most tokens selected per row; `None` for no cap
+            (`K` is then each batch's length `T`). Defaults to `20`.
         unselectable_ids: list of ints. Special tokens never selected nor
             drawn. Defaults to `()`.
         count: `"exact"` (`min(ceil(rate * n), K)` per row) or
@@ -150,8 +151,10 @@ class TokenMasking(keras.layers.Layer):
                 f"mask_token_rate={mask_token_rate!r}, "
                 f"random_token_rate={random_token_rate!r}"
             )
-        self.max_selections = check_int(
-            "max_selections", max_selections, minimum=1
+        self.max_selections = (
+            None
+            if max_selections is None
+            else check_int("max_selections", max_selections, minimum=1)
         )
         if isinstance(unselectable_ids, (str, bytes)) or not hasattr(
             unselectable_ids, "__iter__"
@@ -249,7 +252,7 @@ class TokenMasking(keras.layers.Layer):
         """The outputs for a dense batch `(B, T)`."""
         if not training:
             outputs = masked_lm.find_mask_tokens(
-                token_ids, valid, self.mask_token_id, self.max_selections
+                token_ids, valid, self.mask_token_id, self._width(token_ids)
             )
             outputs["token_ids"] = ops.copy(token_ids)
         else:
@@ -305,12 +308,18 @@ class TokenMasking(keras.layers.Layer):
             ops.convert_to_tensor(self.selection_rate_variable),
             self.mask_token_rate,
             self.random_token_rate,
-            self.max_selections,
+            self._width(token_ids),
             ops.convert_to_tensor(self._drawable_ids),
             count=self.count,
             word_starts=word_starts,
             spans=self.spans,
         )
+
+    def _width(self, token_ids):
+        """`K`: `max_selections`, or the batch's length `T` when `None`."""
+        if self.max_selections is not None:
+            return self.max_selections
+        return ops.shape(token_ids)[1]
 
     @property
     def spans(self):
@@ -324,7 +333,7 @@ class TokenMasking(keras.layers.Layer):
         return None
 
     def compute_output_spec(self, token_ids, word_starts=None, **kwargs):
-        k = self.max_selections
+        k = self.max_selections or token_ids.shape[-1]
         if len(token_ids.shape) == 1:
             return {
                 "token_ids": keras.KerasTensor(
