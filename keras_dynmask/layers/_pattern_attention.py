@@ -407,9 +407,29 @@ class PatternAttention:
         # Attached in `call`; see `_keras_mask` for why none is recorded.
         return None
 
-    def _cache_output_spec(self, outputs, return_attention_scores, cache):
+    def compute_output_spec(
+        self,
+        query,
+        value,
+        key=None,
+        query_mask=None,
+        value_mask=None,
+        key_mask=None,
+        attention_mask=None,
+        return_attention_scores=False,
+        training=None,
+        use_causal_mask=False,
+        cache=None,
+        **kwargs,
+    ):
         """Keras' output spec, with the scores over the cache's length and
         the cache itself."""
+        outputs = super().compute_output_spec(
+            query,
+            value,
+            key,
+            return_attention_scores=return_attention_scores,
+        )
         if cache is None:
             return outputs
         if return_attention_scores:
@@ -423,5 +443,9 @@ class PatternAttention:
         cache = keras.KerasTensor(cache.shape, dtype=self.compute_dtype)
         return (*outputs, cache)
 
-    def _pattern_config(self):
-        return {"pattern": str(self.pattern), "block_size": self.block_size}
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "pattern": str(self.pattern),
+            "block_size": self.block_size,
+        }

@@ -186,29 +186,3 @@ class GroupedQueryAttention(PatternAttention, keras.layers.GroupQueryAttention):
         return self._compute_attention(
             *heads, attention_mask=mask, training=training
         )
-
-    def compute_output_spec(
-        self,
-        query,
-        value,
-        key=None,
-        query_mask=None,
-        value_mask=None,
-        key_mask=None,
-        attention_mask=None,
-        return_attention_scores=False,
-        training=None,
-        use_causal_mask=False,
-        cache=None,
-        **kwargs,
-    ):
-        outputs = super().compute_output_spec(
-            query,
-            value,
-            key,
-            return_attention_scores=return_attention_scores,
-        )
-        return self._cache_output_spec(outputs, return_attention_scores, cache)
-
-    def get_config(self):
-        return {**super().get_config(), **self._pattern_config()}
