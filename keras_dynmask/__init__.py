@@ -46,6 +46,7 @@ _PUBLIC = {
             "TokenEmbedding",
             "TokenMasking",
             "TransformerBlock",
+            "TransformerEncoder",
         ],
         _LAYERS,
     ),

@@ -7,6 +7,7 @@ documentation promises (keras-hub comes from the `peers` extra)."""
 
 import math
 
+import keras
 import keras_hub
 import numpy as np
 import pytest
@@ -136,3 +137,41 @@ def test_keras_hubs_bert_preprocessor_runs_with_ours():
     dataset = tf.data.Dataset.from_tensor_slices(texts).batch(2)
     batch = next(iter(dataset.map(preprocessor(0))))
     assert batch[0]["token_ids"].shape == (2, 12)
+
+
+IDS = np.array([[5, 6, 7, 8, 9, 0, 0], [3, 4, 0, 0, 0, 0, 0]])
+
+
+def _encoder_model(encoder_class, **arguments):
+    keras.utils.set_random_seed(5)
+    ids = keras.Input((None,), dtype="int32")
+    x = keras.layers.Embedding(20, 16, mask_zero=True, name="embedding")(ids)
+    for index in range(2):
+        x = encoder_class(32, 4, name=f"encoder_{index}", **arguments)(x)
+    return keras.Model(ids, keras.layers.Dense(20, name="logits")(x))
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [{}, {"normalize_first": True, "activation": "gelu", "dropout": 0.1}],
+)
+def test_keras_hub_encoder_weights_load_into_ours(arguments, tmp_path):
+    from keras_dynmask import TransformerEncoder
+
+    theirs = _encoder_model(keras_hub.layers.TransformerEncoder, **arguments)
+    theirs.save_weights(tmp_path / "encoder.weights.h5")
+    ours = _encoder_model(TransformerEncoder, **arguments)
+    ours.load_weights(tmp_path / "encoder.weights.h5")
+    real = IDS != 0
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(ours(IDS))[real],
+        keras.ops.convert_to_numpy(theirs(IDS))[real],
+        atol=1e-6,
+    )
+    config = theirs.get_layer("encoder_0").get_config()
+    made = TransformerEncoder.from_config(config)
+    assert made.get_config() == {
+        **config,
+        "pattern": "bidirectional",
+        "block_size": 128,
+    }
