@@ -46,6 +46,7 @@ _PUBLIC = {
             "TokenEmbedding",
             "TokenMasking",
             "TransformerBlock",
+            "TransformerDecoder",
             "TransformerEncoder",
         ],
         _LAYERS,

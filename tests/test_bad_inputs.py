@@ -31,16 +31,15 @@ def _embedding():
         (np.zeros((2, 3), "float32"), "integer dtype, received token_ids"),
         (np.array([["a", "b"]]), "token_ids"),
         (np.array([1, 2, 3], "int32"), "rank 2, received token_ids"),
-        (np.ones((1, 2, 3), "int32"), "rank 2, received token_ids"),
+        (np.ones((1, 2, 3), "int32"), "rank (1 or )?2, received token_ids"),
     ],
     ids=["float", "string", "rank-1", "rank-3"],
 )
 def test_token_ids_of_the_wrong_kind(ids, message):
-    for layer in (
-        _embedding(),
-        kd.PaddingMask(),
-        kd.TokenMasking(VOCAB, 1, seed=0),
-    ):
+    layers = [_embedding(), kd.PaddingMask()]
+    if ids.ndim != 1:  # TokenMasking takes one sequence (T,) too
+        layers.append(kd.TokenMasking(VOCAB, 1, seed=0))
+    for layer in layers:
         with pytest.raises(ValueError, match=message):
             layer(ids, training=True) if isinstance(
                 layer, kd.TokenMasking

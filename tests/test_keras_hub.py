@@ -175,3 +175,105 @@ def test_keras_hub_encoder_weights_load_into_ours(arguments, tmp_path):
         "pattern": "bidirectional",
         "block_size": 128,
     }
+
+
+TARGET = np.array([[5, 6, 7, 8, 0], [3, 4, 9, 0, 0]])
+
+
+def _decoder_model(decoder_class, cross, **arguments):
+    """Two decoder blocks, over an embedded source when `cross`."""
+    keras.utils.set_random_seed(6)
+    target = keras.Input((None,), dtype="int32", name="target")
+    source = keras.Input((None,), dtype="int32", name="source")
+    embed = keras.layers.Embedding(20, 16, mask_zero=True, name="embedding")
+    x, context = embed(target), embed(source)
+    for index in range(2):
+        layer = decoder_class(32, 4, name=f"decoder_{index}", **arguments)
+        x = layer(x, context) if cross else layer(x)
+    logits = keras.layers.Dense(20, name="logits")(x)
+    return keras.Model([target, source] if cross else target, logits)
+
+
+@pytest.mark.parametrize("cross", [False, True])
+@pytest.mark.parametrize("arguments", [{}, {"normalize_first": True}])
+def test_keras_hub_decoder_weights_load_into_ours(cross, arguments, tmp_path):
+    from keras_dynmask import TransformerDecoder
+
+    theirs = _decoder_model(
+        keras_hub.layers.TransformerDecoder, cross, **arguments
+    )
+    theirs.save_weights(tmp_path / "decoder.weights.h5")
+    ours = _decoder_model(TransformerDecoder, cross, **arguments)
+    ours.load_weights(tmp_path / "decoder.weights.h5")
+    inputs = [TARGET, IDS] if cross else TARGET
+    real = TARGET != 0
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(ours(inputs))[real],
+        keras.ops.convert_to_numpy(theirs(inputs))[real],
+        atol=1e-6,
+    )
+    config = theirs.get_layer("decoder_0").get_config()
+    made = TransformerDecoder.from_config(config)
+    assert made.built
+    assert made.get_config() == {
+        **config,
+        "pattern": "bidirectional",
+        "block_size": 128,
+    }
+
+
+def _decode(layer, target, source):
+    """keras-hub's decoding loop: write the cross-attention cache once,
+    then reuse it without an index; one target token per step."""
+    batch, length = target.shape[0], target.shape[1]
+    self_cache = np.zeros((batch, 2, length, 4, 4), "float32")
+    cross_cache = np.zeros((batch, 2, source.shape[1], 4, 4), "float32")
+    outputs = []
+    for step in range(length):
+        out, self_cache, cross_cache = layer(
+            target[:, step : step + 1],
+            source,
+            self_attention_cache=self_cache,
+            self_attention_cache_update_index=step,
+            cross_attention_cache=cross_cache,
+            cross_attention_cache_update_index=0 if step == 0 else None,
+        )
+        outputs.append(keras.ops.convert_to_numpy(out)[:, 0])
+    return np.stack(outputs, axis=1)
+
+
+def test_cached_decoding_matches_keras_hub_and_the_whole_pass():
+    from keras_dynmask import TransformerDecoder
+
+    rng = np.random.default_rng(0)
+    target = rng.normal(size=(2, 5, 16)).astype("float32")
+    source = rng.normal(size=(2, 7, 16)).astype("float32")
+    theirs = keras_hub.layers.TransformerDecoder(32, 4, name="decoder")
+    ours = TransformerDecoder(32, 4, name="decoder")
+    whole = theirs(target, source)
+    ours(target, source)
+    paths = {variable.path: variable for variable in ours.weights}
+    assert sorted(paths) == sorted(v.path for v in theirs.weights)
+    for variable in theirs.weights:
+        paths[variable.path].assign(variable)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(ours(target, source)), whole, atol=1e-5
+    )
+    np.testing.assert_allclose(
+        _decode(ours, target, source),
+        _decode(theirs, target, source),
+        atol=1e-5,
+    )
+    np.testing.assert_allclose(_decode(ours, target, source), whole, atol=1e-5)
+
+
+def test_decoder_calls_are_checked():
+    from keras_dynmask import TransformerDecoder
+
+    x = np.zeros((1, 3, 8), "float32")
+    decoder = TransformerDecoder(16, 2)
+    decoder(x)
+    with pytest.raises(ValueError, match="no cross-attention"):
+        decoder(x, x)
+    with pytest.raises(ValueError, match="self_attention_cache_update_index"):
+        decoder(x, self_attention_cache=np.zeros((1, 2, 3, 2, 4), "float32"))

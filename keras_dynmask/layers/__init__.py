@@ -12,6 +12,7 @@ from keras_dynmask.layers.token_masks import LengthMask
 from keras_dynmask.layers.token_masks import PaddingMask
 from keras_dynmask.layers.token_masks import SpanTokenMask
 from keras_dynmask.layers.transformer_block import TransformerBlock
+from keras_dynmask.layers.transformer_decoder import TransformerDecoder
 from keras_dynmask.layers.transformer_encoder import TransformerEncoder
 
 __all__ = [
@@ -26,5 +27,6 @@ __all__ = [
     "TokenEmbedding",
     "TokenMasking",
     "TransformerBlock",
+    "TransformerDecoder",
     "TransformerEncoder",
 ]

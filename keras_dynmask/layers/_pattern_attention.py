@@ -187,8 +187,11 @@ class PatternAttention:
         offset,
         cache,
         cache_index,
+        reuse_cache=False,
     ):
-        """The call on `(B, T, D)` inputs; see the layers' docstrings."""
+        """The call on `(B, T, D)` inputs; see the layers' docstrings.
+        With `reuse_cache`, the keys and values are the cache's, as they
+        are (nothing is projected or written)."""
         if cache is None:
             key_mask = value_mask if key_mask is None else key_mask
             if cache_index is not None:
@@ -204,9 +207,14 @@ class PatternAttention:
             )
         # The mask is applied below; the projections need not see it.
         query_heads = self._query_dense(without_mask(query))
-        key_heads = self._key_dense(without_mask(key))
-        value_heads = self._value_dense(without_mask(value))
-        if cache is not None:
+        if reuse_cache:
+            cache = ops.cast(cache, self.compute_dtype)
+            key_heads, value_heads = cache[:, 0], cache[:, 1]
+            key = key_heads
+        else:
+            key_heads = self._key_dense(without_mask(key))
+            value_heads = self._value_dense(without_mask(value))
+        if cache is not None and not reuse_cache:
             cache = self._updated_cache(
                 cache, cache_index, offset, key_heads, value_heads
             )
@@ -252,9 +260,52 @@ class PatternAttention:
         outputs = (output,)
         if return_attention_scores:
             outputs += (weights,)
-        if cache is not None:
+        if cache is not None and not reuse_cache:
             outputs += (cache,)
         return outputs[0] if len(outputs) == 1 else outputs
+
+    def attend_to_cache(
+        self,
+        query,
+        cache,
+        query_mask=None,
+        key_mask=None,
+        attention_mask=None,
+        training=None,
+    ):
+        """Attention of `query` over the keys and values already in `cache`,
+        which is neither written nor returned: a cross-attention's cache of
+        the encoder output, made once (`cache_index=0`) and reused at every
+        decoding step. The pattern applies at offset 0.
+
+        Args:
+            query: `(B, T, D)`.
+            cache: `(B, 2, S, key/value heads, head size)`.
+            query_mask: bool `(B, T)`.
+            key_mask: bool `(B, S)`, the cached positions that are real.
+            attention_mask: bool `(B, T, S)`.
+            training: bool.
+
+        Returns:
+            `(B, T, D)`.
+        """
+        return self._pattern_call(
+            query,
+            query,
+            query,
+            query_mask=query_mask,
+            value_mask=None,
+            key_mask=key_mask,
+            attention_mask=attention_mask,
+            return_attention_scores=False,
+            training=training,
+            use_causal_mask=False,
+            per_example={},
+            offset=0,
+            cache=cache,
+            cache_index=None,
+            reuse_cache=True,
+        )
 
     def _repeat_key_value(self, key_heads, value_heads):
         """Key and value heads repeated to one per query head."""

@@ -96,6 +96,9 @@ class TransformerEncoder(keras.layers.Layer):
             block_size = check_int("block_size", block_size, minimum=1)
         self.block_size = block_size
 
+    # keras-hub's name for the self-attention sublayer.
+    _self_attention_name = "self_attention_layer"
+
     def _initializers(self):
         """Fresh initializers for one sublayer (never shared: a shared
         stateless initializer would give equal weights)."""
@@ -123,7 +126,7 @@ class TransformerEncoder(keras.layers.Layer):
             pattern=self.pattern,
             block_size=self.block_size,
             dtype=self.dtype_policy,
-            name="self_attention_layer",
+            name=self._self_attention_name,
             **self._initializers(),
         )
         self._self_attention_layer.build(inputs_shape, inputs_shape)
