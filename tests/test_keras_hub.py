@@ -16,7 +16,14 @@ import tensorflow as tf
 from keras_dynmask.tf.masked_lm_generator import MaskedLMMaskGenerator
 from keras_dynmask.tf.masked_lm_generator import swap_masker
 
-pytestmark = pytest.mark.tensorflow_only
+pytestmark = [
+    pytest.mark.tensorflow_only,
+    # keras-hub's layers hand masked inputs to Keras' attention
+    # projections, which warn; ours do not.
+    pytest.mark.filterwarnings(
+        "ignore:Layer '(query|key|value)' .* mask attached:UserWarning"
+    ),
+]
 
 SETTINGS = {
     "vocabulary_size": 20,
