@@ -263,11 +263,6 @@ class TransformerDecoder(TransformerEncoder):
             return x, caches["self"], caches["cross"]
         return x, caches["self"]
 
-    def _feedforward(self, x):
-        return self._feedforward_output_dense(
-            self._feedforward_intermediate_dense(x)
-        )
-
     def _check_call(
         self, crossing, encoder_sequence, self_cache, self_index, cross_cache
     ):

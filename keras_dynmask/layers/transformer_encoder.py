@@ -211,10 +211,6 @@ class TransformerEncoder(keras.layers.Layer):
                 scores.append(weights)
             return outputs
 
-        def feedforward(x):
-            x = self._feedforward_intermediate_dense(x)
-            return self._feedforward_output_dense(x)
-
         x = self._residual(
             x,
             self._self_attention_layer_norm,
@@ -225,13 +221,18 @@ class TransformerEncoder(keras.layers.Layer):
         x = self._residual(
             x,
             self._feedforward_layer_norm,
-            feedforward,
+            self._feedforward,
             self._feedforward_dropout,
             training,
         )
         if padding is not None:
             set_keras_mask(x, padding)
         return (x, scores[0]) if return_attention_scores else x
+
+    def _feedforward(self, x):
+        return self._feedforward_output_dense(
+            self._feedforward_intermediate_dense(x)
+        )
 
     def _residual(self, x, norm, transform, dropout, training):
         """`x + transform(norm(x))` (pre-LN) or `norm(x + transform(x))`."""
