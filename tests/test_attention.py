@@ -84,6 +84,34 @@ def test_rows_with_no_visible_key_are_finite_zeros(mixed_policy):
     ["float32", "mixed_float16", "mixed_bfloat16"],
     indirect=True,
 )
+@pytest.mark.parametrize("text", ["causal", "bidirectional", "prefix"])
+def test_fused_kernels_equal_the_written_out_softmax(mixed_policy, text):
+    # Without scores, Keras' fused attention (or the causal kernel) runs;
+    # with them, the softmax written out. Rows without keys: zeros both.
+    ids = padded_ids([0, 1, 3, 5], 5)
+    x = keras.layers.Embedding(VOCABULARY, 8)(ids)
+    padding = ids != 0
+    prefix = np.array([0, 1, 2, 2], "int32")
+    layer = kd.MultiHeadAttention(2, 4, pattern=text)
+    inputs = {"prefix_length": prefix} if text == "prefix" else {}
+    masks = {"query_mask": padding, "value_mask": padding}
+    fused = layer(x, x, **masks, **inputs)
+    written, _ = layer(x, x, **masks, **inputs, return_attention_scores=True)
+    fused, written = (
+        keras.ops.convert_to_numpy(keras.ops.cast(y, "float32"))
+        for y in (fused, written)
+    )
+    half = keras.config.dtype_policy().compute_dtype != "float32"
+    np.testing.assert_allclose(fused, written, atol=2e-2 if half else 1e-5)
+    assert np.isfinite(fused).all()
+    assert not fused[0].any()  # all padding
+
+
+@pytest.mark.parametrize(
+    "mixed_policy",
+    ["float32", "mixed_float16", "mixed_bfloat16"],
+    indirect=True,
+)
 def test_blocks_over_padding_only_are_finite(mixed_policy):
     ids = np.zeros((2, 3), "int32")
     ids[1, 0] = 7  # one row all padding, one row with a single token

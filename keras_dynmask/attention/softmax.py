@@ -1,5 +1,6 @@
 """Masked softmax attention: the arithmetic both attention paths share."""
 
+import keras
 from keras import ops
 
 # Softmax runs in float32 whatever the compute dtype, so this stays finite
@@ -7,11 +8,21 @@ from keras import ops
 MASKED_SCORE = -1e9
 
 
-def softmax_attention(query_heads, key_heads, value_heads, mask, dropout=None):
+def softmax_attention(
+    query_heads, key_heads, value_heads, mask, dropout=None, weights=True
+):
     """Softmax attention of every query over every key it is given.
 
     Scores are normalized in float32 whatever the compute dtype; a query
-    whose keys are all hidden gets zero weights (not a uniform row).
+    whose keys are all hidden gets zero weights (not a uniform row) and a
+    zero output.
+
+    Without dropout and weights, and with keys and values of one head
+    size, this is Keras' fused
+    `keras.ops.dot_product_attention` (the same kernel stock Keras layers
+    use: XLA-fusable; on JAX, cuDNN or a TPU's kernel where the backend
+    picks one), whose rows without a key are then set to zero; otherwise
+    the steps are written out here.
 
     Args:
         query_heads: `(B, T, N, H)`, already scaled.
@@ -19,17 +30,32 @@ def softmax_attention(query_heads, key_heads, value_heads, mask, dropout=None):
         mask: bool `(B|1, T, S)`, `(B|1, N|1, T, S)` (per head) or
             `None`.
         dropout: callable on the weights, or `None`.
+        weights: bool. Whether the weights are wanted.
 
     Returns:
         `(attended (B, T, N, H), has_key (B, T) or None, weights
-        (B, N, T, S))`.
+        (B, N, T, S) or None)`.
     """
+    has_key = rows_with_keys(mask, query_heads)
+    # Keras' fused path under JAX needs one head size for keys and values.
+    same_sizes = key_heads.shape[-1] == value_heads.shape[-1]
+    if dropout is None and not weights and same_sizes:
+        attended = ops.dot_product_attention(
+            query_heads,
+            key_heads,
+            value_heads,
+            mask=None if mask is None else _per_head(mask),
+            scale=1.0,
+        )
+        if has_key is not None:
+            attended = ops.where(_per_position(has_key), attended, 0.0)
+        return attended, has_key, None
     # (B, N, T, S), normalized in float32 for every compute dtype.
     scores = ops.cast(
         ops.einsum("bsnh,btnh->bnts", key_heads, query_heads), "float32"
     )
     if mask is not None:
-        head_mask = mask if len(mask.shape) == 4 else ops.expand_dims(mask, 1)
+        head_mask = _per_head(mask)
         scores = ops.where(head_mask, scores, MASKED_SCORE)
     if scores.shape[-1] == 1:
         # One key: its weight is 1 (Keras warns on a softmax of size 1).
@@ -42,7 +68,63 @@ def softmax_attention(query_heads, key_heads, value_heads, mask, dropout=None):
     weights = ops.cast(weights, value_heads.dtype)
     dropped = weights if dropout is None else dropout(weights)
     attended = ops.einsum("bnts,bsnh->btnh", dropped, value_heads)
-    return attended, rows_with_keys(mask, query_heads), weights
+    return attended, has_key, weights
+
+
+def _per_position(has_key):
+    """bool `(B, T, 1, 1)` from `(B, T)` (no new-axis slicing: TFLite's
+    builtin strided slice has none)."""
+    return ops.expand_dims(ops.expand_dims(has_key, -1), -1)
+
+
+def _per_head(mask):
+    """bool `(B|1, N|1, T, S)` from `(B|1, T, S)` or a per-head mask."""
+    return mask if len(mask.shape) == 4 else ops.expand_dims(mask, 1)
+
+
+def causal_attention(query_heads, key_heads, value_heads, key_mask=None):
+    """Causal self-attention with padding, on the backend's causal kernel.
+
+    `keras.ops.dot_product_attention(is_causal=True)` on JAX and PyTorch
+    (their causal kernels); on TensorFlow the triangle is one op
+    (`ops.tril`, a band) instead of position comparisons. Padding keys are
+    the only other mask.
+
+    Args:
+        query_heads: `(B, T, N, H)`, already scaled.
+        key_heads, value_heads: `(B, T, N, H)`, the same positions, of
+            one head size.
+        key_mask: bool `(B, T)` or `None`.
+
+    Returns:
+        `(attended (B, T, N, H), has_key (B, T) or None)`: a query whose
+        keys so far are all padding gets zeros.
+    """
+    if key_mask is None:
+        mask = has_key = None
+    else:
+        key_mask = ops.cast(key_mask, "bool")
+        mask = ops.expand_dims(ops.expand_dims(key_mask, 1), 1)
+        has_key = ops.greater(ops.cumsum(ops.cast(key_mask, "int32"), 1), 0)
+    is_causal = keras.backend.backend() != "tensorflow"
+    if not is_causal:
+        # Keras' TensorFlow causal path slices in new axes, which TFLite's
+        # builtins lack; the triangle is one op here too (a band).
+        length = ops.shape(query_heads)[1]
+        causal = ops.tril(ops.ones((length, length), "bool"))
+        causal = ops.expand_dims(ops.expand_dims(causal, 0), 0)
+        mask = causal if mask is None else ops.logical_and(mask, causal)
+    attended = ops.dot_product_attention(
+        query_heads,
+        key_heads,
+        value_heads,
+        mask=mask,
+        scale=1.0,
+        is_causal=is_causal,
+    )
+    if has_key is not None:
+        attended = ops.where(_per_position(has_key), attended, 0.0)
+    return attended, has_key
 
 
 def rows_with_keys(mask, query_heads):

@@ -16,8 +16,10 @@ from keras import ops
 
 from keras_dynmask.attention import blockwise
 from keras_dynmask.attention.cache import write_cache
+from keras_dynmask.attention.softmax import causal_attention
 from keras_dynmask.attention.softmax import rows_with_keys
 from keras_dynmask.core import masks
+from keras_dynmask.core import patterns
 from keras_dynmask.core._checks import check_int
 from keras_dynmask.core.parsing import as_pattern
 from keras_dynmask.layers._keras_mask import set_keras_mask
@@ -138,6 +140,15 @@ class CallMasks:
             )
 
 
+def _same_positions(query, key, value):
+    """Whether the queries and keys are known to be the same positions: the
+    same tensor, or equal static lengths."""
+    if query is key and key is value:
+        return True
+    lengths = {query.shape[1], key.shape[1], value.shape[1]}
+    return len(lengths) == 1 and None not in lengths
+
+
 def and_masks(mask, other):
     """AND of `(B|1, T, S)` and `(B|1, [N,] T, S)` masks."""
     if len(mask.shape) < len(other.shape):
@@ -240,6 +251,22 @@ class PatternAttention:
             attended, has_key = self._blocks_or_dense(
                 heads, call_masks, training
             )
+        elif not return_attention_scores and self._takes_causal_kernel(
+            value, cache, call_masks, training
+        ):
+            attended, has_key = causal_attention(
+                self._scaled(query_heads),
+                key_heads,
+                value_heads,
+                call_masks.key_mask,
+            )
+            if call_masks.query_mask is not None:
+                query_mask = ops.cast(call_masks.query_mask, "bool")
+                has_key = (
+                    query_mask
+                    if has_key is None
+                    else ops.logical_and(has_key, query_mask)
+                )
         else:
             mask = call_masks.dense()
             attended, weights = self._dense_attention(
@@ -317,6 +344,18 @@ class PatternAttention:
             ops.repeat(key_heads, repeats, axis=2),
             ops.repeat(value_heads, repeats, axis=2),
         )
+
+    def _dropout_and_weights(self, training, return_weights):
+        """`softmax_attention`'s `dropout` and `weights`: no dropout when
+        the layer has none or is not training, so that Keras' fused
+        kernel can run."""
+        dropout = None
+        if self._dropout_layer.rate > 0.0 and training:
+
+            def dropout(weights):
+                return self._dropout_layer(weights, training=training)
+
+        return {"dropout": dropout, "weights": bool(return_weights)}
 
     def _scaled(self, query_heads):
         key_size = self._head_counts()[2]
@@ -421,6 +460,25 @@ class PatternAttention:
             and isinstance(call_masks.offset, int)
             and call_masks.offset == 0
             and len(lengths) <= 1
+        )
+
+    def _takes_causal_kernel(self, value, cache, call_masks, training):
+        """Whether this call is causal self-attention with at most padding
+        masks, no dropout, keys and values of one head size and our own
+        `_compute_attention`: then the
+        backend's causal kernel runs (`causal_attention`)."""
+        own = type(self)._compute_attention
+        return (
+            isinstance(self.pattern, patterns.Causal)
+            and getattr(own, "keras_dynmask_own", False)
+            and cache is None
+            and self._head_counts()[2] == self._head_counts()[3]
+            and not (self._dropout_layer.rate > 0.0 and training)
+            and self.sliding_window is None
+            and call_masks.attention_mask is None
+            and isinstance(call_masks.offset, int)
+            and call_masks.offset == 0
+            and _same_positions(call_masks.query, call_masks.key, value)
         )
 
     def _check_cache(self, cache, cache_index, offset):

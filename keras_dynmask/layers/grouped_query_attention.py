@@ -176,7 +176,9 @@ class GroupedQueryAttention(PatternAttention, keras.layers.GroupQueryAttention):
             key,
             value,
             self._causal_and(attention_mask, query, key, use_causal_mask),
-            lambda w: self._dropout_layer(w, training=training),
+            **self._dropout_and_weights(
+                training, self._return_attention_scores
+            ),
         )
         return attended, weights
 

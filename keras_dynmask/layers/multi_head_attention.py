@@ -242,7 +242,7 @@ class MultiHeadAttention(PatternAttention, keras.layers.MultiHeadAttention):
             key,
             value,
             self._causal_and(attention_mask, query, key, use_causal_mask),
-            lambda w: self._dropout_layer(w, training=training),
+            **self._dropout_and_weights(training, return_attention_scores),
         )
         return attended, weights
 
