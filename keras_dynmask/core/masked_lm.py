@@ -164,26 +164,44 @@ def select_tokens(candidates, scores, rate, max_selections, count):
         wanted = ops.minimum(
             ops.sum(ops.cast(candidates, "int32"), axis=1), max_selections
         )
-    # The K best-scored candidates, padded so that K <= T is not needed.
-    ranked = ops.pad(
-        ops.where(candidates, scores, -1.0),
-        ((0, 0), (0, max_selections)),
-        constant_values=-2.0,
-    )
-    _, picked = ops.top_k(ranked, max_selections)
+    # The best-scored candidates: min(K, T) of them, or K of a row padded
+    # with K non-candidates when T is not known while tracing.
+    ranked = ops.where(candidates, scores, -1.0)
+    width, spare = _top_width(max_selections, candidates.shape[1])
+    if spare:
+        ranked = ops.pad(ranked, ((0, 0), (0, spare)), constant_values=-2.0)
+    _, picked = ops.top_k(ranked, width)
     picked = ops.cast(picked, "int32")
-    used = ops.less(ops.arange(max_selections), ops.expand_dims(wanted, 1))
-    hits = ops.logical_and(
-        ops.equal(
-            ops.expand_dims(picked, 2),
-            ops.reshape(ops.arange(length, dtype="int32"), (1, 1, -1)),
-        ),
-        ops.expand_dims(used, 2),
+    used = ops.less(ops.arange(width), ops.expand_dims(wanted, 1))
+    selected = _flags(picked, used, length, spare)
+    return (selected, *gather_selection(candidates, selected, max_selections))
+
+
+def _top_width(max_selections, static_length):
+    """`(k, spare)`: how many best candidates to take, and how many
+    non-candidate columns to append so that a row has `k` entries."""
+    if not isinstance(max_selections, int):
+        return max_selections, 0  # `K` is the row's length `T`
+    if static_length is None:
+        return max_selections, max_selections
+    return min(max_selections, static_length), 0
+
+
+def _flags(picked, used, length, spare):
+    """bool `(B, T)`: `True` at the positions `picked` `(B, k)` (distinct
+    per row, below `T + spare`) in its `used` slots; O(B k), by scatter."""
+    batch = ops.shape(picked)[0]
+    rows = ops.broadcast_to(
+        ops.expand_dims(ops.arange(batch, dtype="int32"), 1),
+        ops.shape(picked),
     )
-    # Used slots first, each in position order (a sort of K values).
-    positions = ops.sort(ops.where(used, picked, length + max_selections))
-    positions = ops.where(used, positions, 0)
-    return ops.any(hits, axis=1), positions, ops.cast(used, "float32")
+    indices = ops.reshape(ops.stack([rows, picked], axis=-1), (-1, 2))
+    counts = ops.scatter(
+        indices,
+        ops.reshape(ops.cast(used, "int32"), (-1,)),
+        (batch, length + spare),
+    )
+    return ops.greater(counts[:, :length], 0)
 
 
 def select_words(
@@ -275,20 +293,33 @@ def select_words(
 def gather_selection(token_ids, selected, max_selections):
     """The selected positions in order, padded to `K`.
 
+    Each selected position goes to the slot its rank in the row gives
+    (a cumulative sum, then a scatter: no sort).
+
     Returns:
-        `(positions, weights)`: int32 `(B, K)` positions (0 where unused) and
-        float32 `(B, K)` weights (1 for a real selection).
+        `(positions, weights)`: int32 `(B, K)` positions (0 where unused),
+        the first `K` selected of each row, and float32 `(B, K)` weights (1
+        for a real selection).
     """
-    length = ops.shape(token_ids)[1]
-    positions = ops.arange(length, dtype="int32")
-    # Earlier positions score higher; unselected ones never beat selected.
-    scores = ops.where(selected, length - positions, -1)
-    scores = ops.pad(scores, ((0, 0), (0, max_selections)), constant_values=-2)
-    _, picked = ops.top_k(scores, max_selections)
-    n_selected = ops.sum(ops.cast(selected, "int32"), axis=1, keepdims=True)
+    batch, length = ops.shape(token_ids)[0], ops.shape(token_ids)[1]
+    selected = ops.cast(selected, "int32")
+    slot = ops.cumsum(selected, axis=1) - 1
+    kept = ops.logical_and(
+        ops.greater(selected, 0), ops.less(slot, max_selections)
+    )
+    # Positions not kept land in a spare slot `K`, dropped below.
+    slot = ops.where(kept, slot, max_selections)
+    rows = ops.broadcast_to(
+        ops.expand_dims(ops.arange(batch, dtype="int32"), 1), (batch, length)
+    )
+    indices = ops.reshape(ops.stack([rows, slot], axis=-1), (-1, 2))
+    values = ops.where(kept, ops.arange(length, dtype="int32"), 0)
+    positions = ops.scatter(
+        indices, ops.reshape(values, (-1,)), (batch, max_selections + 1)
+    )[:, :max_selections]
+    n_selected = ops.sum(selected, axis=1, keepdims=True)
     used = ops.less(ops.arange(max_selections), n_selected)
-    picked = ops.where(used, ops.cast(picked, "int32"), 0)
-    return picked, ops.cast(used, "float32")
+    return positions, ops.cast(used, "float32")
 
 
 def replace(
