@@ -14,11 +14,13 @@ def main():
     )
     args = parser.parse_args()
 
+    from benchmarks import attention
     from benchmarks import inference
     from benchmarks import mask_construction
     from benchmarks import masking
     from benchmarks import quantization
     from benchmarks import scaling
+    from benchmarks import targets
     from benchmarks import train_step
     from keras_dynmask.tf import quiet
 
@@ -39,6 +41,10 @@ def main():
     print("\n".join(quantization.run(batches=2 if args.quick else 8)))
     print()
     print("\n".join(scaling.run(quick=args.quick)))
+    print()
+    print("\n".join(attention.run(quick=args.quick)))
+    print()
+    print("\n".join(targets.table()))
 
 
 if __name__ == "__main__":

@@ -44,20 +44,40 @@ def _interval(successes, trials, p, z=4.5):
     return abs(successes / trials - p) <= z * sigma
 
 
-def test_exact_count_per_row():
-    ids = _batch()
+@pytest.mark.parametrize(
+    "length, ks",
+    # Rows of 160 take a quarter-width top_k when the batch wants no more
+    # (rate 0.15), the whole width otherwise (rate 0.5).
+    [(48, (48, 3)), (160, (None, 160, 200))],
+)
+def test_exact_count_per_row(length, ks):
+    ids = _batch(rows=64, length=length)
     candidates = (ids != PAD) & ~np.isin(ids, SPECIAL)
-    for k in (48, 3):
+    for k in ks:
         for rate in (0.15, 0.5):
             out = _layer(selection_rate=rate, max_selections=k)(
                 ids, training=True
             )
             n = candidates.sum(1)
-            want = np.minimum(np.ceil(np.round(n * rate, 6)), k)
-            np.testing.assert_array_equal(np.asarray(out["mask"]).sum(1), want)
-            np.testing.assert_array_equal(
-                np.asarray(out["mask_weights"]).sum(1), want
-            )
+            want = np.minimum(np.ceil(np.round(n * rate, 6)), k or length)
+            mask = np.asarray(out["mask"])
+            np.testing.assert_array_equal(mask.sum(1), want)
+            assert not (mask & ~candidates).any()
+            weights = np.asarray(out["mask_weights"])
+            np.testing.assert_array_equal(weights.sum(1), want)
+            # The positions list the selected tokens in order.
+            for row in range(len(ids)):
+                used = np.asarray(out["mask_positions"])[row][weights[row] > 0]
+                np.testing.assert_array_equal(used, np.flatnonzero(mask[row]))
+
+
+def test_bernoulli_without_a_cap_selects_every_winner():
+    ids = _batch(rows=32, length=160)
+    candidates = (ids != PAD) & ~np.isin(ids, SPECIAL)
+    out = _layer(count="bernoulli", selection_rate=1.0, max_selections=None)(
+        ids, training=True
+    )
+    np.testing.assert_array_equal(np.asarray(out["mask"]), candidates)
 
 
 def test_bernoulli_fraction_within_its_binomial_interval():

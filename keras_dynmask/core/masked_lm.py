@@ -155,7 +155,6 @@ def select_tokens(candidates, scores, rate, max_selections, count):
         `(selected, positions, weights)`: bool `(B, T)`, and as in
         `gather_selection`.
     """
-    length = ops.shape(candidates)[1]
     n_items = ops.sum(ops.cast(candidates, "int32"), axis=1)
     candidates, wanted = _candidates_and_wanted(
         candidates, scores, n_items, rate, max_selections, count
@@ -164,17 +163,51 @@ def select_tokens(candidates, scores, rate, max_selections, count):
         wanted = ops.minimum(
             ops.sum(ops.cast(candidates, "int32"), axis=1), max_selections
         )
-    # The best-scored candidates: min(K, T) of them, or K of a row padded
-    # with K non-candidates when T is not known while tracing.
-    ranked = ops.where(candidates, scores, -1.0)
     width, spare = _top_width(max_selections, candidates.shape[1])
+    if count == "bernoulli" and _fits_row(max_selections, candidates.shape[1]):
+        # Every winner fits under the cap: no ranking.
+        selected = candidates
+    else:
+        selected = _best(candidates, scores, wanted, width, spare)
+    return (selected, *gather_selection(candidates, selected, max_selections))
+
+
+def _fits_row(max_selections, static_length):
+    """Whether `K` is known to be at least the row's length `T`."""
+    if not isinstance(max_selections, int):
+        return True  # `K` is `T`
+    return static_length is not None and max_selections >= static_length
+
+
+def _best(candidates, scores, wanted, width, spare):
+    """bool `(B, T)`: the `wanted` best-scored candidates of each row (ties
+    to the earlier position), from the `width` best (`top_k`).
+
+    A row seldom wants more than a quarter of its width (a rate of 0.15
+    wants 20 of 128), so when the width is large the `top_k` of a quarter
+    runs unless this batch needs more: `top_k` costs grow with `k` (XLA
+    sorts whole rows for `k = T`: 5 ms against 1.7 ms for `k = T / 4` at
+    B = 256, T = 128)."""
+    length = ops.shape(candidates)[1]
+    # Rows padded with `spare` non-candidates when T is not known while
+    # tracing and K may exceed it.
+    ranked = ops.where(candidates, scores, -1.0)
     if spare:
         ranked = ops.pad(ranked, ((0, 0), (0, spare)), constant_values=-2.0)
-    _, picked = ops.top_k(ranked, width)
-    picked = ops.cast(picked, "int32")
-    used = ops.less(ops.arange(width), ops.expand_dims(wanted, 1))
-    selected = _flags(picked, used, length, spare)
-    return (selected, *gather_selection(candidates, selected, max_selections))
+
+    def top(k):
+        def flags():
+            _, picked = ops.top_k(ranked, k)
+            used = ops.less(ops.arange(k), ops.expand_dims(wanted, 1))
+            return _flags(ops.cast(picked, "int32"), used, length, spare)
+
+        return flags
+
+    if not isinstance(width, int) or width < 128:
+        return top(width)()
+    quarter = width // 4
+    most = ops.max(ops.concatenate([wanted, ops.zeros((1,), wanted.dtype)]))
+    return ops.cond(ops.less_equal(most, quarter), top(quarter), top(width))
 
 
 def _top_width(max_selections, static_length):
