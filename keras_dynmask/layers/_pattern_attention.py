@@ -14,6 +14,7 @@ import numbers
 import keras
 from keras import ops
 
+from keras_dynmask.attention import block_sparse
 from keras_dynmask.attention import blockwise
 from keras_dynmask.attention.cache import write_cache
 from keras_dynmask.attention.softmax import causal_attention
@@ -267,6 +268,12 @@ class PatternAttention:
                     if has_key is None
                     else ops.logical_and(has_key, query_mask)
                 )
+        elif not return_attention_scores and self._takes_tiles(
+            value, cache, call_masks
+        ):
+            attended, has_key = self._tiles_or_dense(
+                heads, call_masks, training
+            )
         else:
             mask = call_masks.dense()
             attended, weights = self._dense_attention(
@@ -461,6 +468,57 @@ class PatternAttention:
             and call_masks.offset == 0
             and len(lengths) <= 1
         )
+
+    def _takes_tiles(self, value, cache, call_masks):
+        """Whether this call may use block-sparse attention: a pattern
+        with `segment` (packed documents leave most tiles empty) in
+        self-attention at offset 0, on a backend with run-time shapes."""
+        own = type(self)._compute_attention
+        return (
+            self.block_size is not None
+            and any(
+                isinstance(leaf, patterns.Segment)
+                for leaf in self.pattern.leaves()
+            )
+            and getattr(own, "keras_dynmask_own", False)
+            and block_sparse.available()
+            and cache is None
+            and call_masks.inputs.get("key_segment_ids") is None
+            and isinstance(call_masks.offset, int)
+            and call_masks.offset == 0
+            and _same_positions(call_masks.query, call_masks.key, value)
+        )
+
+    def _tiles_or_dense(self, heads, call_masks, training):
+        """`(attended, has_key)` over only the tiles of the mask that hold
+        a visible key when at most a quarter of them do (decided in the
+        graph for this batch: 8 packed documents keep an eighth, 3.8x
+        faster than dense at T = 4,096; a causal mask keeps half, where
+        the gathering costs what the skipped tiles save), else dense."""
+        query_heads, key_heads, value_heads = heads
+        mask = call_masks.dense()
+        batch, length = ops.shape(query_heads)[0], ops.shape(query_heads)[1]
+        mask = ops.broadcast_to(mask, (batch, length, length))
+
+        def dropout(weights):
+            return self._dropout_layer(weights, training=training)
+
+        def tiles():
+            return block_sparse.attention(
+                self._scaled(query_heads),
+                key_heads,
+                value_heads,
+                mask,
+                self.block_size,
+                dropout=dropout,
+            )
+
+        def dense():
+            attended, _ = self._dense_attention(heads, mask, training, False)
+            return attended, rows_with_keys(mask, query_heads)
+
+        kept, total = block_sparse.kept_tiles(mask, self.block_size)
+        return ops.cond(ops.less_equal(4 * kept, total), tiles, dense)
 
     def _takes_causal_kernel(self, value, cache, call_masks, training):
         """Whether this call is causal self-attention with at most padding
