@@ -195,7 +195,7 @@ def attention(
     key_block = keys(key_heads, 0)
     value_block = keys(value_heads, 0)
     attended, _, _ = softmax_attention(
-        query_blocks, key_block, value_block, mask, dropout
+        query_blocks, key_block, value_block, mask, dropout, weights=False
     )
     attended = ops.reshape(attended, (batch, padded, heads, value_size))
     has_key = ops.reshape(ops.any(mask, axis=-1), (batch, padded))
