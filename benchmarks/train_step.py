@@ -9,7 +9,8 @@ feed-forward 1024, vocabulary 1,000, a causal pattern and padding, rows of
 - static: the same layers fed a precomputed `(B, T, T)` mask tensor, built
   outside the model as most code does;
 - keras-hub: a stack of `keras_hub.layers.TransformerEncoder` of the same
-  sizes fed the same precomputed mask.
+  sizes and activation (GELU, our blocks' default; keras-hub's default is
+  ReLU, which alone made its step 9% faster) fed the same precomputed mask.
 
 `train_on_batch` in graph mode; median of interleaved rounds after warm-up.
 """
@@ -71,9 +72,9 @@ def _keras_hub():
     mask = keras.Input((None, None), dtype="bool")
     x = kd.TokenEmbedding(VOCAB, HIDDEN, pad_id=None)(ids)
     for _ in range(LAYERS):
-        x = TransformerEncoder(FFN, HEADS, normalize_first=True)(
-            x, attention_mask=mask
-        )
+        x = TransformerEncoder(
+            FFN, HEADS, activation="gelu", normalize_first=True
+        )(x, attention_mask=mask)
     return keras.Model([ids, mask], _head(x))
 
 
