@@ -112,6 +112,53 @@ def test_fused_kernels_equal_the_written_out_softmax(mixed_policy, text):
     ["float32", "mixed_float16", "mixed_bfloat16"],
     indirect=True,
 )
+@pytest.mark.parametrize("length", [15, 16, 23, 32, 45])
+def test_causal_chunks_equal_the_written_out_softmax(mixed_policy, length):
+    # Blocks of 2: from 16 positions the queries go in 4 chunks, from 32
+    # in 8 (on TensorFlow; elsewhere the backend's causal kernel runs).
+    rng = np.random.default_rng(length)
+    x = rng.normal(size=(4, length, 8)).astype("float32")
+    keys = rng.random((4, length)) < 0.8
+    keys[0] = False  # no key at all
+    keys[1, : length // 2] = False  # the first half sees no key
+    layer = kd.MultiHeadAttention(2, 4, pattern="causal", block_size=2)
+    masks = {"value_mask": keys}
+
+    def chunked(x):
+        return layer(x, x, **masks)
+
+    def written(x):
+        return layer(x, x, **masks, return_attention_scores=True)[0]
+
+    def energy(attend):
+        return lambda x: keras.ops.sum(
+            keras.ops.cast(
+                attend(keras.ops.cast(x, layer.compute_dtype)), "float32"
+            )
+            ** 2
+        )
+
+    got, want = (
+        keras.ops.convert_to_numpy(keras.ops.cast(attend(x), "float32"))
+        for attend in (chunked, written)
+    )
+    half = keras.config.dtype_policy().compute_dtype != "float32"
+    np.testing.assert_allclose(got, want, atol=2e-2 if half else 1e-5)
+    assert np.isfinite(got).all()
+    assert not got[0].any() and not got[1, : length // 2].any()
+    np.testing.assert_allclose(
+        input_gradient(energy(chunked), x),
+        input_gradient(energy(written), x),
+        rtol=5e-2 if half else 1e-4,
+        atol=5e-1 if half else 1e-4,
+    )
+
+
+@pytest.mark.parametrize(
+    "mixed_policy",
+    ["float32", "mixed_float16", "mixed_bfloat16"],
+    indirect=True,
+)
 def test_blocks_over_padding_only_are_finite(mixed_policy):
     ids = np.zeros((2, 3), "int32")
     ids[1, 0] = 7  # one row all padding, one row with a single token

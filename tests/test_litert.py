@@ -45,6 +45,9 @@ def _model():
         2, 4, pattern="segment & causal", block_size=2
     )
     outputs["block_sparse"] = attention(x, x, segment_ids=inputs["segment_ids"])
+    # Causal queries in 4 chunks from 16 positions on, 8 from 32.
+    attention = kd.MultiHeadAttention(2, 4, pattern="causal", block_size=2)
+    outputs["causal_chunks"] = attention(x, x)
     block = kd.TransformerBlock(2, 16, pattern="causal | prefix")
     outputs["block"] = keras.layers.GlobalAveragePooling1D()(
         block(x, prefix_length=inputs["prefix_length"])
@@ -92,7 +95,7 @@ def test_only_builtin_ops_and_dynamic_shapes(converted):
 
 
 @pytest.mark.parametrize(
-    ("batch", "length"), [(1, 1), (1, 5), (3, 7), (3, 64), (1, 300)]
+    ("batch", "length"), [(1, 1), (1, 5), (3, 7), (2, 20), (3, 64), (1, 300)]
 )
 def test_litert_equals_keras(converted, batch, length):
     model, path = converted

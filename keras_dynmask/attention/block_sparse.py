@@ -22,14 +22,13 @@ from keras_dynmask.attention.softmax import MASKED_SCORE
 
 
 def kept_tiles(mask, block_size):
-    """`(kept, total)`: int32 scalars, the tiles of `mask` `(B, T, S)` that
-    hold a visible key, and all its tiles."""
-    kept = _grid(mask, block_size)[0]
-    return ops.sum(ops.cast(kept, "int32")), ops.size(kept)
+    """bool `(B, Q, K)`: which `block_size x block_size` tiles of `mask`
+    `(B, T, S)` hold a visible key (the last ones padded)."""
+    return ops.any(_padded(mask, block_size), axis=(2, 4))
 
 
-def _grid(mask, block_size):
-    """`(kept (B, Q, K) bool, grid (B, Q, K, block, block), Q, K)`."""
+def _padded(mask, block_size):
+    """`mask` padded to whole tiles, `(B, Q, block, K, block)`."""
     batch = ops.shape(mask)[0]
     length, keys = ops.shape(mask)[1], ops.shape(mask)[2]
     query_tiles = (length + block_size - 1) // block_size
@@ -42,19 +41,18 @@ def _grid(mask, block_size):
             (0, key_tiles * block_size - keys),
         ),
     )
-    grid = ops.reshape(
+    return ops.reshape(
         mask, (batch, query_tiles, block_size, key_tiles, block_size)
     )
-    grid = ops.transpose(grid, (0, 1, 3, 2, 4))
-    return ops.any(grid, axis=(3, 4)), grid, query_tiles, key_tiles
 
 
-def tiles(mask, block_size):
+def tiles(mask, block_size, kept=None):
     """The tiles of `mask` that hold a visible key.
 
     Args:
         mask: bool `(B, T, S)`.
         block_size: int > 0.
+        kept: `kept_tiles(mask, block_size)` when already computed.
 
     Returns:
         `(rows, columns, blocks, padded)`: int32 `(P,)` the query tile of
@@ -63,11 +61,14 @@ def tiles(mask, block_size):
         bool `(P, block, block)` the mask inside it; and the padded mask's
         tile counts `(query tiles, key tiles)` per example.
     """
-    kept, grid, query_tiles, key_tiles = _grid(mask, block_size)
+    if kept is None:
+        kept = kept_tiles(mask, block_size)
+    query_tiles, key_tiles = ops.shape(kept)[1], ops.shape(kept)[2]
     flat = _true_indices(ops.reshape(kept, (-1,)))  # b * Q * K + q * K + k
     rows = flat // key_tiles  # b * Q + q
     example = rows // query_tiles
     columns = example * key_tiles + flat % key_tiles
+    grid = ops.transpose(_padded(mask, block_size), (0, 1, 3, 2, 4))
     blocks = ops.take(
         ops.reshape(grid, (-1, block_size, block_size)), flat, axis=0
     )
@@ -90,7 +91,13 @@ def _true_indices(flags):
 
 
 def attention(
-    query_heads, key_heads, value_heads, mask, block_size, dropout=None
+    query_heads,
+    key_heads,
+    value_heads,
+    mask,
+    block_size,
+    dropout=None,
+    kept=None,
 ):
     """Masked softmax attention computed over the kept tiles only.
 
@@ -101,6 +108,7 @@ def attention(
         mask: bool `(B|1, T, S)`.
         block_size: int > 0.
         dropout: callable on the (unnormalized) weights, or `None`.
+        kept: `kept_tiles(mask, block_size)` when already computed.
 
     Returns:
         `(attended (B, T, N, H) in the value dtype, has_key (B, T))`: a
@@ -111,7 +119,9 @@ def attention(
     heads = query_heads.shape[2]
     value_size = value_heads.shape[3]
     mask = ops.broadcast_to(ops.cast(mask, "bool"), (batch, length, keys))
-    rows, columns, blocks, (query_tiles, key_tiles) = tiles(mask, block_size)
+    rows, columns, blocks, (query_tiles, key_tiles) = tiles(
+        mask, block_size, kept
+    )
 
     def tiled(x, count, size):
         x = ops.pad(x, ((0, 0), (0, count * block_size - size), (0, 0), (0, 0)))

@@ -1,6 +1,5 @@
 """Masked softmax attention: the arithmetic both attention paths share."""
 
-import keras
 from keras import ops
 
 # Softmax runs in float32 whatever the compute dtype, so this stays finite
@@ -48,7 +47,7 @@ def softmax_attention(
             scale=1.0,
         )
         if has_key is not None:
-            attended = ops.where(_per_position(has_key), attended, 0.0)
+            attended = ops.where(per_position(has_key), attended, 0.0)
         return attended, has_key, None
     # (B, N, T, S), normalized in float32 for every compute dtype.
     scores = ops.cast(
@@ -71,7 +70,7 @@ def softmax_attention(
     return attended, has_key, weights
 
 
-def _per_position(has_key):
+def per_position(has_key):
     """bool `(B, T, 1, 1)` from `(B, T)` (no new-axis slicing: TFLite's
     builtin strided slice has none)."""
     return ops.expand_dims(ops.expand_dims(has_key, -1), -1)
@@ -80,51 +79,6 @@ def _per_position(has_key):
 def _per_head(mask):
     """bool `(B|1, N|1, T, S)` from `(B|1, T, S)` or a per-head mask."""
     return mask if len(mask.shape) == 4 else ops.expand_dims(mask, 1)
-
-
-def causal_attention(query_heads, key_heads, value_heads, key_mask=None):
-    """Causal self-attention with padding, on the backend's causal kernel.
-
-    `keras.ops.dot_product_attention(is_causal=True)` on JAX and PyTorch
-    (their causal kernels); on TensorFlow the triangle is one op
-    (`ops.tril`, a band) instead of position comparisons. Padding keys are
-    the only other mask.
-
-    Args:
-        query_heads: `(B, T, N, H)`, already scaled.
-        key_heads, value_heads: `(B, T, N, H)`, the same positions, of
-            one head size.
-        key_mask: bool `(B, T)` or `None`.
-
-    Returns:
-        `(attended (B, T, N, H), has_key (B, T) or None)`: a query whose
-        keys so far are all padding gets zeros.
-    """
-    if key_mask is None:
-        mask = has_key = None
-    else:
-        key_mask = ops.cast(key_mask, "bool")
-        mask = ops.expand_dims(ops.expand_dims(key_mask, 1), 1)
-        has_key = ops.greater(ops.cumsum(ops.cast(key_mask, "int32"), 1), 0)
-    is_causal = keras.backend.backend() != "tensorflow"
-    if not is_causal:
-        # Keras' TensorFlow causal path slices in new axes, which TFLite's
-        # builtins lack; the triangle is one op here too (a band).
-        length = ops.shape(query_heads)[1]
-        causal = ops.tril(ops.ones((length, length), "bool"))
-        causal = ops.expand_dims(ops.expand_dims(causal, 0), 0)
-        mask = causal if mask is None else ops.logical_and(mask, causal)
-    attended = ops.dot_product_attention(
-        query_heads,
-        key_heads,
-        value_heads,
-        mask=mask,
-        scale=1.0,
-        is_causal=is_causal,
-    )
-    if has_key is not None:
-        attended = ops.where(_per_position(has_key), attended, 0.0)
-    return attended, has_key
 
 
 def rows_with_keys(mask, query_heads):

@@ -17,7 +17,7 @@ from keras import ops
 from keras_dynmask.attention import block_sparse
 from keras_dynmask.attention import blockwise
 from keras_dynmask.attention.cache import write_cache
-from keras_dynmask.attention.softmax import causal_attention
+from keras_dynmask.attention.causal import causal_attention
 from keras_dynmask.attention.softmax import rows_with_keys
 from keras_dynmask.core import masks
 from keras_dynmask.core import patterns
@@ -260,6 +260,7 @@ class PatternAttention:
                 key_heads,
                 value_heads,
                 call_masks.key_mask,
+                block_size=self.block_size,
             )
             if call_masks.query_mask is not None:
                 query_mask = ops.cast(call_masks.query_mask, "bool")
@@ -445,46 +446,50 @@ class PatternAttention:
         )
         return ops.cond(fewer_keys, blocks, dense)
 
+    def _own_self_attention(self, cache, call_masks):
+        """Whether this call is one the layer's own kernels may take: our
+        `_compute_attention` (a subclass that replaces it must see every
+        call), no cache, offset 0 and no keys of other documents. Each
+        kernel adds its own conditions on the pattern and the lengths."""
+        own = type(self)._compute_attention
+        return (
+            getattr(own, "keras_dynmask_own", False)
+            and cache is None
+            and call_masks.inputs.get("key_segment_ids") is None
+            and isinstance(call_masks.offset, int)
+            and call_masks.offset == 0
+        )
+
     def _takes_blocks(self, value, cache, call_masks):
         """Whether this call may use block-wise attention: a window
-        pattern, queries and keys at the same positions (offset 0, lengths
-        not known to differ), nothing that needs a dense `(B, T, S)` mask,
-        on a backend with run-time shapes."""
+        pattern, queries and keys at the same positions (lengths not known
+        to differ: the graph checks), nothing that needs a dense
+        `(B, T, S)` mask, on a backend with run-time shapes."""
         lengths = {
             call_masks.query.shape[1],
             call_masks.key.shape[1],
             value.shape[1],
         } - {None}
-        own = type(self)._compute_attention
         return (
             self._blockwise
-            and getattr(own, "keras_dynmask_own", False)
+            and self._own_self_attention(cache, call_masks)
             and blockwise.available()
-            and cache is None
             and not call_masks.needs_dense
-            and call_masks.inputs.get("key_segment_ids") is None
-            and isinstance(call_masks.offset, int)
-            and call_masks.offset == 0
             and len(lengths) <= 1
         )
 
     def _takes_tiles(self, value, cache, call_masks):
         """Whether this call may use block-sparse attention: a pattern
         with `segment` (packed documents leave most tiles empty) in
-        self-attention at offset 0, on a backend with run-time shapes."""
-        own = type(self)._compute_attention
+        self-attention, on a backend with run-time shapes."""
         return (
             self.block_size is not None
             and any(
                 isinstance(leaf, patterns.Segment)
                 for leaf in self.pattern.leaves()
             )
-            and getattr(own, "keras_dynmask_own", False)
+            and self._own_self_attention(cache, call_masks)
             and block_sparse.available()
-            and cache is None
-            and call_masks.inputs.get("key_segment_ids") is None
-            and isinstance(call_masks.offset, int)
-            and call_masks.offset == 0
             and _same_positions(call_masks.query, call_masks.key, value)
         )
 
@@ -509,31 +514,28 @@ class PatternAttention:
                 mask,
                 self.block_size,
                 dropout=dropout,
+                kept=kept,
             )
 
         def dense():
             attended, _ = self._dense_attention(heads, mask, training, False)
             return attended, rows_with_keys(mask, query_heads)
 
-        kept, total = block_sparse.kept_tiles(mask, self.block_size)
-        return ops.cond(ops.less_equal(4 * kept, total), tiles, dense)
+        kept = block_sparse.kept_tiles(mask, self.block_size)
+        count = ops.sum(ops.cast(kept, "int32"))
+        return ops.cond(ops.less_equal(4 * count, ops.size(kept)), tiles, dense)
 
     def _takes_causal_kernel(self, value, cache, call_masks, training):
         """Whether this call is causal self-attention with at most padding
-        masks, no dropout, keys and values of one head size and our own
-        `_compute_attention`: then the
-        backend's causal kernel runs (`causal_attention`)."""
-        own = type(self)._compute_attention
+        masks, no dropout, and keys and values of one head size: then
+        `causal_attention` runs."""
         return (
             isinstance(self.pattern, patterns.Causal)
-            and getattr(own, "keras_dynmask_own", False)
-            and cache is None
+            and self._own_self_attention(cache, call_masks)
             and self._head_counts()[2] == self._head_counts()[3]
             and not (self._dropout_layer.rate > 0.0 and training)
             and self.sliding_window is None
             and call_masks.attention_mask is None
-            and isinstance(call_masks.offset, int)
-            and call_masks.offset == 0
             and _same_positions(call_masks.query, call_masks.key, value)
         )
 

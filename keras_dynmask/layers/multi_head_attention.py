@@ -41,16 +41,27 @@ class MultiHeadAttention(PatternAttention, keras.layers.MultiHeadAttention):
             rank > 3, or `attention_axes` other than the sequence axis, run
             Keras' own attention (no pattern, cache or offset there).
         pattern: `Pattern` or pattern text. Defaults to `"bidirectional"`.
-        block_size: int > 0 or `None`. For window patterns (alone or with
-            causal, backward, segment and padding masks) in self-attention,
-            attention is computed in blocks of this many queries over only
-            the key blocks the window reaches
-            (`keras_dynmask.attention.blockwise`), whenever that is at most
-            half the sequence: time and memory grow with `T x window`, not
-            `T x T`, and the results equal the dense path's. On the
-            TensorFlow backend; `None` always uses the dense path. Keras'
-            `attention_mask`, `use_causal_mask` and `sliding_window` take
-            the dense path. Defaults to `128`.
+        block_size: int > 0 or `None`. Self-attention (queries and keys
+            at the same positions, our own `_compute_attention`, no cache)
+            then skips what the mask hides, on the TensorFlow backend,
+            with results equal to the dense path's:
+            - window patterns (alone or with causal, backward, segment and
+              padding masks): blocks of this many queries over only the
+              key blocks the window reaches (`attention.blockwise`),
+              whenever that is at most half the sequence; time and memory
+              grow with `T x window`, not `T x T`;
+            - patterns with `segment` (packed documents): only the
+              `block_size x block_size` tiles of the mask that hold a
+              visible key (`attention.block_sparse`), whenever at most a
+              quarter of them do;
+            - `"causal"` with padding only: the queries in 4 chunks from
+              `8 * block_size` positions, 8 from `16 * block_size`, each
+              over the keys up to its end (`attention.causal`; 9/16 of
+              the scores at most).
+            On JAX and PyTorch, `"causal"` runs the backend's causal
+            kernel and the rest the dense path. `None` always uses the
+            dense path. Keras' `attention_mask`, `use_causal_mask` and
+            `sliding_window` take the dense path. Defaults to `128`.
         **kwargs: base layer arguments.
 
     Call arguments:

@@ -45,9 +45,10 @@ class TransformerBlock(keras.layers.Layer):
             Defaults to `False`.
         cross_pattern: `Pattern` or text for the cross-attention, over
             (target, source) positions. Defaults to `"bidirectional"`.
-        block_size: int > 0 or `None`. The self-attention's block size for
-            window patterns (see `MultiHeadAttention`); `None` keeps it
-            dense. Defaults to `128`.
+        block_size: int > 0 or `None`. The self-attention's block size,
+            with which it skips what window, segment and causal patterns
+            hide (see `MultiHeadAttention`); `None` keeps it dense.
+            Defaults to `128`.
         **kwargs: base layer arguments.
 
     Call arguments:
