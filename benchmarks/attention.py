@@ -10,39 +10,35 @@ weights in every contender, forward pass in a `tf.function`, three masks:
   segment ids, which stock Keras gets precomputed.
 
 Ours runs twice: as it comes ("auto": block-wise for the window at
-T = 4,096, block-sparse tiles for the packed documents, the causal kernel
+T = 4,096, block-sparse tiles for the packed documents, queries in chunks
 for `causal`) and dense (`block_size=None`, one `(T, T)` mask built in the
 graph). Every contender is checked to give the same output. Reported:
 median milliseconds of interleaved rounds after warm-up, and the ratios
-(above 1: ours is faster).
+(above 1: ours is faster); at T = 4,096 also how far one call raises the
+peak resident memory, each way in a fresh process
+(`python -m benchmarks.attention PATTERN WAY LENGTH` prints one).
 """
 
-import keras
+import json
+import sys
+
 import numpy as np
 import tensorflow as tf
 
 import keras_dynmask as kd
+from benchmarks import contenders
 from benchmarks import targets
 from benchmarks.timing import interleaved_medians
 
-HIDDEN, HEADS, DOCUMENTS = 256, 4, 8
+HIDDEN, HEADS, DOCUMENTS = contenders.HIDDEN, contenders.HEADS, 8
 
 
-def _contenders(pattern, length):
-    """`{name: callable}` for ours (auto and dense) and stock Keras."""
-    keras.utils.set_random_seed(0)
-    shape = (1, 8, HIDDEN)
-    auto = kd.MultiHeadAttention(HEADS, HIDDEN // HEADS, pattern=pattern)
-    dense = kd.MultiHeadAttention(
-        HEADS, HIDDEN // HEADS, pattern=pattern, block_size=None
-    )
-    stock = keras.layers.MultiHeadAttention(HEADS, HIDDEN // HEADS)
-    for layer in (auto, dense, stock):
-        layer.build(shape, shape)
-    dense.set_weights(auto.get_weights())
-    stock.set_weights([w.numpy() for w in auto.trainable_weights])
+def _runs(pattern, length, layers=None):
+    """`({name: traced call}, x)` for ours (auto and dense) and stock
+    Keras at `length`."""
+    auto, dense, stock = layers or contenders.trio(pattern)
     x = tf.random.stateless_normal((1, length, HIDDEN), seed=(0, length))
-    segments = tf.range(length)[None] // (length // DOCUMENTS)
+    segments = tf.range(length)[None] // max(1, length // DOCUMENTS)
     inputs = {"segment_ids": segments} if "segment" in pattern else {}
     runs = {
         "auto": tf.function(lambda x: auto(x, x, **inputs)),
@@ -53,12 +49,31 @@ def _contenders(pattern, length):
     else:
         mask = kd.parse_pattern(pattern).mask(length, **inputs)
         runs["stock"] = tf.function(lambda x: stock(x, x, attention_mask=mask))
+    return runs, x
+
+
+def _contenders(pattern, length):
+    """`{name: callable}` for ours (auto and dense) and stock Keras,
+    checked to agree."""
+    runs, x = _runs(pattern, length)
     want = runs["stock"](x).numpy()
     for run in runs.values():
         np.testing.assert_allclose(run(x).numpy(), want, atol=1e-4)
     return {
         name: (lambda run=run: run(x).numpy()) for name, run in runs.items()
     }
+
+
+def _peak(pattern, way, length):
+    """MiB by which one call of `way` at `length` raises the peak resident
+    memory (after the same call at length 8)."""
+    layers = contenders.trio(pattern)
+
+    def call(at):
+        runs, x = _runs(pattern, at, layers)
+        return runs[way](x).numpy()
+
+    return contenders.peak_rise(lambda: call(8), lambda: call(length))
 
 
 CASES = (
@@ -79,12 +94,12 @@ def run(quick=False):
     lines = [
         f"### Attention against stock Keras MultiHeadAttention, B=1, hidden "
         f"{HIDDEN}, {HEADS} heads (median of {repeats} interleaved, {warmup} "
-        "warm-up)",
+        "warm-up; peak memory at T = 4,096 in a fresh process each)",
         "",
         "| mask | T | stock Keras gets | auto ms | dense ms | stock Keras ms "
         "| x stock speed (auto) | x stock speed (dense) | x dense speed "
-        "(auto) |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|",
+        "(auto) | auto / dense / stock MiB |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, pattern, given in CASES:
         for length in lengths:
@@ -94,18 +109,27 @@ def run(quick=False):
                     _contenders(pattern, length), repeats, warmup
                 ).items()
             }
+            mib = {}
+            if length == 4096:
+                mib = {
+                    way: contenders.peak_in_new_process(
+                        "benchmarks.attention", pattern, way, length
+                    )
+                    for way in ("auto", "dense", "stock")
+                }
+            memory = " / ".join(f"{mib[w]:.0f}" for w in mib) or "-"
             lines.append(
                 f"| {name} (`{pattern}`) | {length} | {given} | "
                 f"{ms['auto']:.1f} | {ms['dense']:.1f} | {ms['stock']:.1f} | "
                 f"{ms['stock'] / ms['auto']:.2f} | "
                 f"{ms['stock'] / ms['dense']:.2f} | "
-                f"{ms['dense'] / ms['auto']:.2f} |"
+                f"{ms['dense'] / ms['auto']:.2f} | {memory} |"
             )
-            _record(name, length, given, ms)
+            _record(name, length, given, ms, mib)
     return lines
 
 
-def _record(name, length, given, ms):
+def _record(name, length, given, ms, mib):
     """The issue's target rows this table holds."""
     if name == "window":
         targets.record(
@@ -122,14 +146,19 @@ def _record(name, length, given, ms):
             ">= 1.8x",
         )
     elif length == 4096:
+        less = mib["dense"] / max(mib["auto"], 1.0)
         targets.record(
             f"{name} (`segment & causal`), T = {length}, vs our dense",
-            f"{ms['auto']:.1f} ms",
-            f"{ms['dense']:.1f} ms ({ms['dense'] / ms['auto']:.2f}x)",
-            ">= 4x",
+            f"{ms['auto']:.1f} ms, {mib['auto']:.0f} MiB",
+            f"{ms['dense']:.1f} ms, {mib['dense']:.0f} MiB "
+            f"({ms['dense'] / ms['auto']:.2f}x, {less:.1f}x memory)",
+            ">= 4x, >= 4x less memory",
         )
 
 
 if __name__ == "__main__":
     kd.start_devices()
-    print("\n".join(run()))
+    if len(sys.argv) == 4:
+        print(json.dumps(_peak(sys.argv[1], sys.argv[2], int(sys.argv[3]))))
+    else:
+        print("\n".join(run(quick="--quick" in sys.argv)))

@@ -21,37 +21,24 @@ resident memory (`VmHWM`) above where a T = 8 call left it.
 """
 
 import json
-import resource
-import subprocess
 import sys
 
-import keras
 import numpy as np
 import tensorflow as tf
 
 import keras_dynmask as kd
+from benchmarks import contenders
 from benchmarks import targets
 from benchmarks.timing import interleaved_medians
 
-PATTERN, HIDDEN, HEADS = "causal & window(255)", 256, 4
+PATTERN = "causal & window(255)"
+HIDDEN, HEADS = contenders.HIDDEN, contenders.HEADS
 WAYS = ("blockwise", "dense", "keras")
 
 
 def _layers():
     """The three layers, sharing one set of weights."""
-    keras.utils.set_random_seed(0)
-    shape = (1, 8, HIDDEN)
-    blocks = kd.MultiHeadAttention(HEADS, HIDDEN // HEADS, pattern=PATTERN)
-    dense = kd.MultiHeadAttention(
-        HEADS, HIDDEN // HEADS, pattern=PATTERN, block_size=None
-    )
-    stock = keras.layers.MultiHeadAttention(HEADS, HIDDEN // HEADS)
-    for layer in (blocks, dense):
-        layer.build(shape, shape)
-    stock.build(shape, shape)
-    dense.set_weights(blocks.get_weights())
-    stock.set_weights([w.numpy() for w in blocks.trainable_weights])
-    return blocks, dense, stock
+    return contenders.trio(PATTERN)
 
 
 def _function(way, layers, length):
@@ -91,34 +78,18 @@ def _rows(lengths, repeats, warmup):
 
 
 def _peak_in_new_process(way, length):
-    command = [sys.executable, "-m", "benchmarks.scaling", way, str(length)]
-    done = subprocess.run(command, capture_output=True, text=True, check=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return contenders.peak_in_new_process("benchmarks.scaling", way, length)
 
 
 def _peak(way, length):
     """MiB by which one call at `length` raises the peak resident memory."""
     layers = _layers()
-    run, x = _function(way, layers, 8)
-    run(x).numpy()
-    before = _peak_kib()
-    run, x = _function(way, layers, length)
-    run(x).numpy()
-    return (_peak_kib() - before) / 1024
 
+    def call(at):
+        run, x = _function(way, layers, at)
+        return run(x).numpy()
 
-def _peak_kib():
-    """This process's peak resident memory in KiB: `VmHWM`, which starts
-    afresh in a new program (`ru_maxrss` keeps the parent's high-water mark
-    across fork and exec, so it would read the benchmark's own)."""
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return contenders.peak_rise(lambda: call(8), lambda: call(length))
 
 
 def run(quick=False):
