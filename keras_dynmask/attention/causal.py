@@ -68,10 +68,16 @@ def causal_attention(
 
 def _by_length(heads, key_mask, block_size, choices=CHUNKS):
     """`_chunked` with the first of `choices` this call's length reaches
-    (decided in the graph), else in one piece."""
+    (decided when tracing if the length is known then, else in the
+    graph), else in one piece."""
     if not choices:
         return _chunked(*heads, key_mask, 1)
     (chunks, blocks), rest = choices[0], choices[1:]
+    length = heads[0].shape[1]
+    if isinstance(length, int):  # known when tracing: no `cond`
+        if length >= blocks * block_size:
+            return _chunked(*heads, key_mask, chunks)
+        return _by_length(heads, key_mask, block_size, rest)
     return ops.cond(
         ops.shape(heads[0])[1] >= blocks * block_size,
         lambda: _chunked(*heads, key_mask, chunks),

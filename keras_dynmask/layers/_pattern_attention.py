@@ -439,6 +439,12 @@ class PatternAttention:
         # (window 256, blocks of 128: 0.92x dense's speed at T = 512, where
         # they read 3/4 of it; 1.26x at T = 768; 5x at T = 4096;
         # benchmarks/scaling.py).
+        lengths = (call_masks.query.shape[1], call_masks.key.shape[1])
+        reach = 2 * (before + after + 1) * self.block_size
+        if all(isinstance(n, int) for n in (*lengths, reach)):
+            # Known when tracing: no `cond`.
+            same = lengths[0] == lengths[1]
+            return blocks() if same and reach <= lengths[0] else dense()
         length = ops.shape(call_masks.query)[1]
         fewer_keys = ops.logical_and(
             ops.less_equal(2 * (before + after + 1) * self.block_size, length),
