@@ -11,6 +11,8 @@ import keras_dynmask as kd
 from keras_dynmask.attention import blockwise
 from keras_dynmask.attention.softmax import softmax_attention
 from keras_dynmask.layers.attention_mask import call_attention_mask
+from tests.helpers import input_gradient
+from tests.helpers import to_numpy
 
 
 def _no_dropout(weights):
@@ -73,6 +75,9 @@ def _case(draw):
     return " & ".join(parts), length, lengths, block_size
 
 
+# TensorFlow only: under JAX each eager call compiles anew (about 3 s), so
+# 500 examples take half an hour; the layer tests below run everywhere.
+@pytest.mark.tensorflow_only
 @given(st.data())
 def test_blockwise_equals_dense_for_random_patterns(data):
     """Any window composition, lengths that are not multiples of the
@@ -138,33 +143,30 @@ def block_calls(monkeypatch):
     return calls
 
 
-@pytest.mark.tensorflow_only
 @pytest.mark.parametrize("length", [1, 8, 23, 31, 32, 33, 100])
 def test_the_layer_chooses_blocks_only_when_they_save_work(length, block_calls):
     fast, dense = _pair("causal & window(5)")
     x = np.random.default_rng(length).normal(size=(2, length, 8))
     x = x.astype("float32")
     padding = np.arange(length)[None] < np.array([length, length // 2])[:, None]
-    y_fast = fast(x, x, query_mask=padding, value_mask=padding)
-    y_dense = dense(x, x, query_mask=padding, value_mask=padding)
+    y_fast = to_numpy(fast(x, x, query_mask=padding, value_mask=padding))
+    y_dense = to_numpy(dense(x, x, query_mask=padding, value_mask=padding))
     np.testing.assert_allclose(y_fast, y_dense, atol=1e-5)
     # window 5 with blocks of 8: 2 key blocks of 8 per query block, taken
     # once that is at most half the sequence.
     assert bool(block_calls) == (length >= 32)
     # The padded row's padding positions, and nothing else, are zero.
-    assert not np.asarray(y_fast)[1, length // 2 :].any()
+    assert not y_fast[1, length // 2 :].any()
 
 
-@pytest.mark.tensorflow_only
 def test_fully_masked_rows_are_zero_and_finite(block_calls):
     fast, dense = _pair("window(4) & ~window(4)", block_size=2)
     x = np.ones((1, 30, 8), "float32")
-    y = np.asarray(fast(x, x))
+    y = to_numpy(fast(x, x))
     assert block_calls
     assert np.isfinite(y).all() and not y.any()
 
 
-@pytest.mark.tensorflow_only
 @pytest.mark.parametrize(
     "mixed_policy", ["mixed_float16", "mixed_bfloat16"], indirect=True
 )
@@ -183,21 +185,62 @@ def test_mixed_precision_matches_dense(mixed_policy, block_calls):
     np.testing.assert_allclose(y_fast, y_dense, atol=2e-2)
 
 
-@pytest.mark.tensorflow_only
 def test_gradients_match_dense(block_calls):
-    import tensorflow as tf
-
     fast, dense = _pair("window(3, 1)", block_size=4)
-    x = tf.constant(np.random.default_rng(1).normal(size=(2, 29, 8)), "float32")
-    grads = []
-    for layer in (fast, dense):
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            loss = tf.reduce_sum(layer(x, x) ** 2)
-        grads.append(tape.gradient(loss, [x, *layer.trainable_weights]))
+    x = np.random.default_rng(1).normal(size=(2, 29, 8)).astype("float32")
+    grads = [
+        input_gradient(lambda x, layer=layer: ops.sum(layer(x, x) ** 2), x)
+        for layer in (fast, dense)
+    ]
     assert block_calls
-    for got, want in zip(grads[0], grads[1], strict=True):
-        np.testing.assert_allclose(got, want, atol=1e-4)
+    np.testing.assert_allclose(grads[0], grads[1], atol=1e-4)
+
+
+def test_beyond_the_written_bounds_the_dense_path_runs(block_calls):
+    """On JAX and PyTorch the key blocks gathered are the pattern's bounds
+    as written; a window variable widened past them is still honoured."""
+    fast, dense = _pair("causal & window(2)", block_size=4)
+    x = np.random.default_rng(3).normal(size=(1, 40, 8)).astype("float32")
+    np.testing.assert_allclose(
+        to_numpy(fast(x, x)), to_numpy(dense(x, x)), atol=1e-5
+    )
+    assert block_calls
+    for layer in (fast, dense):
+        layer.pattern_variables["window_2_left"].assign(17)
+    np.testing.assert_allclose(
+        to_numpy(fast(x, x)), to_numpy(dense(x, x)), atol=1e-5
+    )
+
+
+@pytest.mark.skipif(
+    keras.backend.backend() != "jax", reason="jax.jit: bounds traced"
+)
+def test_under_jax_jit_the_variables_choose_in_the_graph(block_calls):
+    import jax
+
+    fast, dense = _pair("causal & window(2)", block_size=4)
+    x = np.random.default_rng(4).normal(size=(1, 40, 8)).astype("float32")
+
+    def compiled(layer):
+        run = jax.jit(lambda w, o, x: layer.stateless_call(w, o, x, x)[0])
+        return lambda: to_numpy(
+            run(
+                [v.value for v in layer.trainable_variables],
+                [v.value for v in layer.non_trainable_variables],
+                x,
+            )
+        )
+
+    for left in (2, 17):  # within the written bounds, then beyond them
+        for layer in (fast, dense):
+            layer.pattern_variables["window_2_left"].assign(left)
+        np.testing.assert_allclose(
+            compiled(fast)(), compiled(dense)(), atol=1e-5
+        )
+        np.testing.assert_allclose(
+            compiled(fast)(), to_numpy(dense(x, x)), atol=1e-5
+        )
+    assert block_calls
 
 
 @pytest.mark.tensorflow_only

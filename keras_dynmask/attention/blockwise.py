@@ -12,10 +12,12 @@ window is the same at every position, so a block's queries sit at
 softmax is the dense path's (`softmax_attention`), so the results agree
 to float rounding.
 
-Window sizes may be variables: the number of gathered blocks is computed
-in the graph from their current values. That needs shapes known only when
-running, which TensorFlow (and TFLite) have and JAX's compiler does not,
-so `MultiHeadAttention` takes this path on the TensorFlow backend only.
+Window sizes may be variables. On TensorFlow (and in its SavedModel and
+TFLite exports) the number of gathered blocks is computed in the graph
+from their current values: shapes known only when running. JAX's compiler
+needs every shape when tracing, so there (and on PyTorch, alike) the
+number comes from the pattern's own bounds, as written (`static_blocks`),
+and a layer takes this path only while its variables stay within them.
 """
 
 import keras
@@ -72,6 +74,8 @@ def _tightest(bounds):
     found = [b for b in bounds if b is not None]
     if not found:
         return None
+    if all(isinstance(b, int) for b in found):
+        return min(found)
     result = found[0]
     for bound in found[1:]:
         result = ops.minimum(result, bound)
@@ -82,6 +86,8 @@ def _widest(bounds):
     bounds = list(bounds)
     if any(b is None for b in bounds):
         return None
+    if all(isinstance(b, int) for b in bounds):
+        return max(bounds)
     result = bounds[0]
     for bound in bounds[1:]:
         result = ops.maximum(result, bound)
@@ -109,6 +115,16 @@ def key_blocks(pattern, variables, block_size):
     )
 
 
+def static_blocks(pattern, block_size):
+    """`(before, after)` as Python ints, from the pattern's bounds as
+    written (not its variables' values)."""
+    left, right = band(pattern)
+    return (
+        -(-max(int(left), 0) // block_size),
+        -(-max(int(right), 0) // block_size),
+    )
+
+
 def _blocks(reach, block_size):
     reach = ops.cast(reach, "int32")
     return (reach + block_size - 1) // block_size
@@ -125,6 +141,7 @@ def attention(
     key_mask=None,
     segment_ids=None,
     dropout=None,
+    blocks=None,
 ):
     """Masked self-attention, block by block.
 
@@ -137,6 +154,10 @@ def attention(
         query_mask, key_mask: bool `(B, T)` or `None`.
         segment_ids: int `(B, T)` when the pattern has `segment`.
         dropout: callable on the weights, or `None`.
+        blocks: `(before, after)` key blocks to gather on each side, at
+            least what the pattern needs (`static_blocks`: Python ints, so
+            that every shape is known when tracing); by default computed
+            from `variables`.
 
     Returns:
         `(attended, has_key)`: `(B, T, N, H)` in the value dtype, and bool
@@ -145,7 +166,7 @@ def attention(
     batch, length = ops.shape(query_heads)[0], ops.shape(query_heads)[1]
     heads = query_heads.shape[2]
     value_size = value_heads.shape[3]
-    before, after = key_blocks(pattern, variables, block_size)
+    before, after = blocks or key_blocks(pattern, variables, block_size)
     width = (before + after + 1) * block_size  # keys gathered per block
     count = (length + block_size - 1) // block_size
     padded = count * block_size

@@ -150,6 +150,17 @@ def _same_positions(query, key, value):
     return len(lengths) == 1 and None not in lengths
 
 
+def _known_int(value):
+    """`value` as a Python int when it is known now (a number or an eager
+    tensor), else `None` (a value being traced, as under `jax.jit`)."""
+    if isinstance(value, int):
+        return value
+    try:
+        return int(ops.convert_to_numpy(value))
+    except Exception:  # the backends raise different errors on tracers
+        return None
+
+
 def and_masks(mask, other):
     """AND of `(B|1, T, S)` and `(B|1, [N,] T, S)` masks."""
     if len(mask.shape) < len(other.shape):
@@ -247,7 +258,7 @@ class PatternAttention:
         heads = (query_heads, key_heads, value_heads)
         weights = None
         if not return_attention_scores and self._takes_blocks(
-            value, cache, call_masks
+            value, cache, call_masks, training
         ):
             attended, has_key = self._blocks_or_dense(
                 heads, call_masks, training
@@ -404,11 +415,23 @@ class PatternAttention:
 
     def _blocks_or_dense(self, heads, call_masks, training):
         """`(attended, has_key)` block by block when the window reaches at
-        most half the sequence (decided in the graph, for this call's
-        length), else by the dense path."""
+        most half the sequence (decided when tracing if the lengths and
+        bounds are known then, else in the graph), else by the dense
+        path. On JAX and PyTorch the key blocks gathered are the pattern's
+        bounds as written, and the dense path runs while a window variable
+        reaches beyond them."""
         query_heads, key_heads, value_heads = heads
 
         dropout = self._dropout_and_weights(training, False)["dropout"]
+        static = not blockwise.available()
+        if static:
+            gathered = blockwise.static_blocks(self.pattern, self.block_size)
+            before, after = gathered
+        else:
+            gathered = None
+            before, after = blockwise.key_blocks(
+                self.pattern, self.pattern_variables, self.block_size
+            )
 
         def blocks():
             return blockwise.attention(
@@ -422,6 +445,7 @@ class PatternAttention:
                 key_mask=call_masks.key_mask,
                 segment_ids=call_masks.inputs.get("segment_ids"),
                 dropout=dropout,
+                blocks=gathered,
             )
 
         def dense():
@@ -432,9 +456,6 @@ class PatternAttention:
                 has_key = ops.ones(ops.shape(attended)[:2], "bool")
             return attended, has_key
 
-        before, after = blockwise.key_blocks(
-            self.pattern, self.pattern_variables, self.block_size
-        )
         # Blocks pay once each query block reads at most half the sequence
         # (window 256, blocks of 128: 0.92x dense's speed at T = 512, where
         # they read 3/4 of it; 1.26x at T = 768; 5x at T = 4096;
@@ -442,12 +463,26 @@ class PatternAttention:
         lengths = (call_masks.query.shape[1], call_masks.key.shape[1])
         reach = 2 * (before + after + 1) * self.block_size
         if all(isinstance(n, int) for n in (*lengths, reach)):
-            # Known when tracing: no `cond`.
-            same = lengths[0] == lengths[1]
-            return blocks() if same and reach <= lengths[0] else dense()
+            # Known when tracing: no `cond` for the length.
+            if lengths[0] != lengths[1] or reach > lengths[0]:
+                return dense()
+            if not static:
+                return blocks()
+            needed = blockwise.key_blocks(
+                self.pattern, self.pattern_variables, self.block_size
+            )
+            known = [_known_int(n) for n in needed]
+            if None not in known:  # eager: decided here
+                fits = known[0] <= before and known[1] <= after
+                return blocks() if fits else dense()
+            within = ops.logical_and(
+                ops.less_equal(needed[0], before),
+                ops.less_equal(needed[1], after),
+            )
+            return ops.cond(within, blocks, dense)
         length = ops.shape(call_masks.query)[1]
         fewer_keys = ops.logical_and(
-            ops.less_equal(2 * (before + after + 1) * self.block_size, length),
+            ops.less_equal(reach, length),
             ops.equal(length, ops.shape(call_masks.key)[1]),
         )
         return ops.cond(fewer_keys, blocks, dense)
@@ -466,7 +501,7 @@ class PatternAttention:
             and call_masks.offset == 0
         )
 
-    def _takes_blocks(self, value, cache, call_masks):
+    def _takes_blocks(self, value, cache, call_masks, training):
         """Whether this call may use block-wise attention: a window
         pattern, queries and keys at the same positions (lengths not known
         to differ: the graph checks), nothing that needs a dense
@@ -476,10 +511,17 @@ class PatternAttention:
             call_masks.key.shape[1],
             value.shape[1],
         } - {None}
+        # JAX and PyTorch: lengths known when tracing, and no dropout
+        # (whose random state should not be drawn inside a `cond`).
+        static = (
+            len(lengths) == 1
+            and None not in (call_masks.query.shape[1], value.shape[1])
+            and not (self._dropout_layer.rate > 0.0 and training)
+        )
         return (
             self._blockwise
             and self._own_self_attention(cache, call_masks)
-            and blockwise.available()
+            and (blockwise.available() or static)
             and not call_masks.needs_dense
             and len(lengths) <= 1
         )

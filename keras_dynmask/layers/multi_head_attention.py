@@ -58,8 +58,11 @@ class MultiHeadAttention(PatternAttention, keras.layers.MultiHeadAttention):
               `8 * block_size` positions, 8 from `16 * block_size`, each
               over the keys up to its end (`attention.causal`; 9/16 of
               the scores at most).
-            On JAX and PyTorch, `"causal"` runs the backend's causal
-            kernel and the rest the dense path. `None` always uses the
+            On JAX and PyTorch, windows are computed block-wise too, over
+            the key blocks of the pattern's bounds as written (shapes
+            fixed when tracing; the dense path runs while a window
+            variable reaches beyond them), `"causal"` runs the backend's
+            causal kernel, and segment patterns the dense path. `None` always uses the
             dense path. Keras' `attention_mask`, `use_causal_mask` and
             `sliding_window` take the dense path. Defaults to `128`.
         **kwargs: base layer arguments.
