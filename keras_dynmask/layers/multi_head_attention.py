@@ -62,9 +62,10 @@ class MultiHeadAttention(PatternAttention, keras.layers.MultiHeadAttention):
             the key blocks of the pattern's bounds as written (shapes
             fixed when tracing; the dense path runs while a window
             variable reaches beyond them), `"causal"` runs the backend's
-            causal kernel, and segment patterns the dense path. `None` always uses the
-            dense path. Keras' `attention_mask`, `use_causal_mask` and
-            `sliding_window` take the dense path. Defaults to `128`.
+            causal kernel, and segment patterns the dense path. `None`
+            always uses the dense path. Keras' `attention_mask`,
+            `use_causal_mask` and `sliding_window` take the dense path.
+            Defaults to `128`.
         **kwargs: base layer arguments.
 
     Call arguments:
