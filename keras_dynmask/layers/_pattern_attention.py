@@ -150,13 +150,11 @@ def _same_positions(query, key, value):
     return len(lengths) == 1 and None not in lengths
 
 
-def _known_int(value):
-    """`value` as a Python int when it is known now (a number or an eager
-    tensor), else `None` (a value being traced, as under `jax.jit`)."""
-    if isinstance(value, int):
-        return value
+def _known(value):
+    """The scalar tensor `value` as a Python value when it is known now
+    (eager), else `None` (a value being traced, as under `jax.jit`)."""
     try:
-        return int(ops.convert_to_numpy(value))
+        return ops.convert_to_numpy(value).item()
     except Exception:  # the backends raise different errors on tracers
         return None
 
@@ -471,14 +469,13 @@ class PatternAttention:
             needed = blockwise.key_blocks(
                 self.pattern, self.pattern_variables, self.block_size
             )
-            known = [_known_int(n) for n in needed]
-            if None not in known:  # eager: decided here
-                fits = known[0] <= before and known[1] <= after
-                return blocks() if fits else dense()
             within = ops.logical_and(
                 ops.less_equal(needed[0], before),
                 ops.less_equal(needed[1], after),
             )
+            fits = _known(within)
+            if fits is not None:  # eager: decided here
+                return blocks() if fits else dense()
             return ops.cond(within, blocks, dense)
         length = ops.shape(call_masks.query)[1]
         fewer_keys = ops.logical_and(
@@ -505,7 +502,8 @@ class PatternAttention:
         """Whether this call may use block-wise attention: a window
         pattern, queries and keys at the same positions (lengths not known
         to differ: the graph checks), nothing that needs a dense
-        `(B, T, S)` mask, on a backend with run-time shapes."""
+        `(B, T, S)` mask; on JAX and PyTorch, lengths known when tracing
+        and no active dropout."""
         lengths = {
             call_masks.query.shape[1],
             call_masks.key.shape[1],
