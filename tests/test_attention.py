@@ -88,6 +88,7 @@ def test_rows_with_no_visible_key_are_finite_zeros(mixed_policy):
 def test_fused_kernels_equal_the_written_out_softmax(mixed_policy, text):
     # Without scores, Keras' fused attention (or the causal kernel) runs;
     # with them, the softmax written out. Rows without keys: zeros both.
+    keras.utils.set_random_seed(1)
     ids = padded_ids([0, 1, 3, 5], 5)
     x = keras.layers.Embedding(VOCABULARY, 8)(ids)
     padding = ids != 0
@@ -102,7 +103,9 @@ def test_fused_kernels_equal_the_written_out_softmax(mixed_policy, text):
         for y in (fused, written)
     )
     half = keras.config.dtype_policy().compute_dtype != "float32"
-    np.testing.assert_allclose(fused, written, atol=2e-2 if half else 1e-5)
+    np.testing.assert_allclose(
+        fused, written, atol=2e-2 if half else 1e-5, rtol=2e-2 if half else 1e-7
+    )
     assert np.isfinite(fused).all()
     assert not fused[0].any()  # all padding
 
@@ -116,6 +119,7 @@ def test_fused_kernels_equal_the_written_out_softmax(mixed_policy, text):
 def test_causal_chunks_equal_the_written_out_softmax(mixed_policy, length):
     # Blocks of 2: from 16 positions the queries go in 4 chunks, from 32
     # in 8 (on TensorFlow; elsewhere the backend's causal kernel runs).
+    keras.utils.set_random_seed(length)  # the layer's weights too
     rng = np.random.default_rng(length)
     x = rng.normal(size=(4, length, 8)).astype("float32")
     keys = rng.random((4, length)) < 0.8
@@ -143,7 +147,11 @@ def test_causal_chunks_equal_the_written_out_softmax(mixed_policy, length):
         for attend in (chunked, written)
     )
     half = keras.config.dtype_policy().compute_dtype != "float32"
-    np.testing.assert_allclose(got, want, atol=2e-2 if half else 1e-5)
+    # bfloat16 keeps 8 significant bits: a few units in the last place of
+    # an output near 2 are 2e-2, so half precision is compared relatively.
+    np.testing.assert_allclose(
+        got, want, atol=2e-2 if half else 1e-5, rtol=2e-2 if half else 1e-7
+    )
     assert np.isfinite(got).all()
     assert not got[0].any() and not got[1, : length // 2].any()
     np.testing.assert_allclose(

@@ -40,11 +40,14 @@ def _model():
             x, x, segment_ids=inputs["segment_ids"]
         )
     # Blocks of 2 and about 3 documents a row: past a few tokens, at most
-    # a quarter of the tiles hold a key, so the block-sparse path runs.
-    attention = kd.MultiHeadAttention(
-        2, 4, pattern="segment & causal", block_size=2
-    )
-    outputs["block_sparse"] = attention(x, x, segment_ids=inputs["segment_ids"])
+    # two fifths of the tiles hold a key, so the block-sparse path runs,
+    # with full tiles (off the diagonal, and the prefix's) and partial ones.
+    for name, text in (
+        ("block_sparse", "segment & causal"),
+        ("block_sparse_prefix", "segment & backward | prefix(3)"),
+    ):
+        attention = kd.MultiHeadAttention(2, 4, pattern=text, block_size=2)
+        outputs[name] = attention(x, x, segment_ids=inputs["segment_ids"])
     # Causal queries in 4 chunks from 16 positions on, 8 from 32.
     attention = kd.MultiHeadAttention(2, 4, pattern="causal", block_size=2)
     outputs["causal_chunks"] = attention(x, x)

@@ -2,13 +2,15 @@
 
 FlexAttention's `BlockMask` idea in `keras.ops`: the `(T, S)` mask of
 each example is cut into `block_size x block_size` tiles; a tile with no
-visible key is skipped, so a causal mask computes about half the scores,
-and 8 packed documents in one row about an eighth. The tiles kept are
-listed at run time (from this batch's mask: its pattern, padding and
-per-example inputs), their queries, keys and values gathered, and the
-softmax of each query row is assembled across its tiles with segment
-reductions (a running maximum, then sums), so that it equals the dense
-softmax to float rounding.
+visible key is skipped (a causal mask computes about half the scores, 8
+packed documents in one row about an eighth), and a tile where every
+query sees every key is computed without an element mask. Which tiles are
+which is known at run time: from this batch's pattern, padding and
+per-example inputs (`tile_mask`, without the `(T, S)` mask) or from a
+mask given whole (`from_mask`). The kept tiles' queries, keys and values
+are gathered, and the softmax of each query row is assembled across its
+tiles with segment reductions (a running maximum, then sums), so that it
+equals the dense softmax to float rounding.
 
 The list of tiles has a length known only when running, which TensorFlow
 (and TFLite) have and JAX's compiler does not: like `blockwise`, this is
@@ -21,14 +23,35 @@ from keras_dynmask.attention.blockwise import available  # noqa: F401
 from keras_dynmask.attention.softmax import MASKED_SCORE
 
 
-def kept_tiles(mask, block_size):
-    """bool `(B, Q, K)`: which `block_size x block_size` tiles of `mask`
-    `(B, T, S)` hold a visible key (the last ones padded)."""
-    return ops.any(_padded(mask, block_size), axis=(2, 4))
+def from_mask(mask, block_size):
+    """The tiles of a whole mask, as `attention` takes them.
+
+    Args:
+        mask: bool `(B, T, S)`.
+        block_size: int > 0.
+
+    Returns:
+        `(some, every, inside)`: bool `(B, Q, K)` whether a tile holds a
+        visible key; bool `(B, Q, K)` whether every query of it sees every
+        key (positions past `T` or `S` count as hidden); and
+        `inside(rows, columns)`, the mask inside tiles (see `attention`).
+    """
+    grid = _padded(ops.cast(mask, "bool"), block_size)
+    some, every = ops.any(grid, axis=(2, 4)), ops.all(grid, axis=(2, 4))
+    key_tiles = ops.shape(grid)[3]
+    tiles = ops.reshape(
+        ops.transpose(grid, (0, 1, 3, 2, 4)), (-1, block_size, block_size)
+    )
+
+    def inside(rows, columns):
+        # Tile (b, q, k) is entry (b * Q + q) * K + k.
+        return ops.take(tiles, rows * key_tiles + columns % key_tiles, axis=0)
+
+    return some, every, inside
 
 
 def _padded(mask, block_size):
-    """`mask` padded to whole tiles, `(B, Q, block, K, block)`."""
+    """`mask` padded with `False` to whole tiles, `(B, Q, block, K, block)`."""
     batch = ops.shape(mask)[0]
     length, keys = ops.shape(mask)[1], ops.shape(mask)[2]
     query_tiles = (length + block_size - 1) // block_size
@@ -46,33 +69,15 @@ def _padded(mask, block_size):
     )
 
 
-def tiles(mask, block_size, kept=None):
-    """The tiles of `mask` that hold a visible key.
-
-    Args:
-        mask: bool `(B, T, S)`.
-        block_size: int > 0.
-        kept: `kept_tiles(mask, block_size)` when already computed.
-
-    Returns:
-        `(rows, columns, blocks, padded)`: int32 `(P,)` the query tile of
-        each kept tile, numbered `b * rows_per_example + q` (so in
-        increasing order); int32 `(P,)` its key tile `b * columns + k`;
-        bool `(P, block, block)` the mask inside it; and the padded mask's
-        tile counts `(query tiles, key tiles)` per example.
-    """
-    if kept is None:
-        kept = kept_tiles(mask, block_size)
-    query_tiles, key_tiles = ops.shape(kept)[1], ops.shape(kept)[2]
-    flat = _true_indices(ops.reshape(kept, (-1,)))  # b * Q * K + q * K + k
-    rows = flat // key_tiles  # b * Q + q
-    example = rows // query_tiles
-    columns = example * key_tiles + flat % key_tiles
-    grid = ops.transpose(_padded(mask, block_size), (0, 1, 3, 2, 4))
-    blocks = ops.take(
-        ops.reshape(grid, (-1, block_size, block_size)), flat, axis=0
-    )
-    return rows, columns, blocks, (query_tiles, key_tiles)
+def tile_indices(flags):
+    """`(rows, columns)`: int32 `(P,)` each, the tiles where the bool
+    `(B, Q, K)` `flags` hold, in order; a tile's row is `b * Q + q` and its
+    column `b * K + k`."""
+    query_tiles, key_tiles = ops.shape(flags)[1], ops.shape(flags)[2]
+    flat = _true_indices(ops.reshape(flags, (-1,)))  # b * Q * K + q * K + k
+    rows = flat // key_tiles
+    columns = (rows // query_tiles) * key_tiles + flat % key_tiles
+    return rows, columns
 
 
 def _true_indices(flags):
@@ -94,10 +99,11 @@ def attention(
     query_heads,
     key_heads,
     value_heads,
-    mask,
     block_size,
+    some,
+    every=None,
+    inside=None,
     dropout=None,
-    kept=None,
 ):
     """Masked softmax attention computed over the kept tiles only.
 
@@ -105,10 +111,17 @@ def attention(
         query_heads: `(B, T, N, H)`, already scaled.
         key_heads, value_heads: `(B, S, N, H)` (keys and values may have
             different head sizes).
-        mask: bool `(B|1, T, S)`.
         block_size: int > 0.
+        some: bool `(B|1, Q, K)`, `Q = ceil(T / block)` and
+            `K = ceil(S / block)`: the tiles that may hold a visible key;
+            the others are skipped.
+        every: bool `(B|1, Q, K)` or `None`: tiles where every query sees
+            every key, computed without an element mask.
+        inside: `inside(rows, columns)` gives bool `(P, block, block)`, the
+            mask inside the tiles `rows` (int32 `(P,)`, `b * Q + q`) and
+            `columns` (`b * K + k`), positions past `T` or `S` hidden;
+            `None` only when every kept tile is full.
         dropout: callable on the (unnormalized) weights, or `None`.
-        kept: `kept_tiles(mask, block_size)` when already computed.
 
     Returns:
         `(attended (B, T, N, H) in the value dtype, has_key (B, T))`: a
@@ -118,53 +131,89 @@ def attention(
     length, keys = ops.shape(query_heads)[1], ops.shape(key_heads)[1]
     heads = query_heads.shape[2]
     value_size = value_heads.shape[3]
-    mask = ops.broadcast_to(ops.cast(mask, "bool"), (batch, length, keys))
-    rows, columns, blocks, (query_tiles, key_tiles) = tiles(
-        mask, block_size, kept
-    )
+    query_tiles = (length + block_size - 1) // block_size
+    key_tiles = (keys + block_size - 1) // block_size
+    shape = (batch, query_tiles, key_tiles)
+    some = ops.broadcast_to(ops.cast(some, "bool"), shape)
+    groups = [(some, inside)]
+    if every is not None:
+        every = ops.logical_and(some, ops.cast(every, "bool"))
+        groups = [
+            (every, None),
+            (ops.logical_and(some, ops.logical_not(every)), inside),
+        ]
 
     def tiled(x, count, size):
         x = ops.pad(x, ((0, 0), (0, count * block_size - size), (0, 0), (0, 0)))
         return ops.reshape(x, (-1, block_size, *x.shape[2:]))
 
-    query_blocks = ops.take(tiled(query_heads, query_tiles, length), rows, 0)
-    key_blocks = ops.take(tiled(key_heads, key_tiles, keys), columns, 0)
-    value_blocks = ops.take(tiled(value_heads, key_tiles, keys), columns, 0)
+    query_tiled = tiled(query_heads, query_tiles, length)
+    key_tiled = tiled(key_heads, key_tiles, keys)
+    value_tiled = tiled(value_heads, key_tiles, keys)
 
-    # (P, N, block, block) scores in float32, hidden keys at MASKED_SCORE.
-    inside = ops.expand_dims(blocks, 1)
-    scores = ops.cast(
-        ops.einsum("pqnh,pknh->pnqk", query_blocks, key_blocks), "float32"
-    )
-    scores = ops.where(inside, scores, MASKED_SCORE)
+    # Each group (full tiles, then the others): its tiles' rows and
+    # columns and (P, N, block, block) float32 scores, hidden keys at
+    # MASKED_SCORE.
+    found = []
+    for flags, mask_of in groups:
+        rows, columns = tile_indices(flags)
+        scores = ops.cast(
+            ops.einsum(
+                "pqnh,pknh->pnqk",
+                ops.take(query_tiled, rows, axis=0),
+                ops.take(key_tiled, columns, axis=0),
+            ),
+            "float32",
+        )
+        if mask_of is not None:
+            visible = ops.expand_dims(mask_of(rows, columns), 1)
+            scores = ops.where(visible, scores, MASKED_SCORE)
+        found.append((rows, columns, scores))
+    every_row = ops.concatenate([rows for rows, _, _ in found], axis=0)
+
     # The softmax of a query row spans its tiles: the row's maximum over
     # all of them first, then exponentials and sums gathered per row.
     segments = batch * query_tiles
     row_max = ops.segment_max(
-        # `initial`: no tile kept is an empty max, which is no error.
-        ops.max(scores, axis=-1, initial=MASKED_SCORE),
-        rows,
+        ops.concatenate(
+            [ops.max(s, axis=-1, initial=MASKED_SCORE) for _, _, s in found],
+            axis=0,
+        ),
+        every_row,
         num_segments=segments,
-    )
-    weights = ops.exp(scores - ops.expand_dims(ops.take(row_max, rows, 0), -1))
-    weights = ops.where(inside, weights, 0.0)
+    )  # (B * Q, N, block); rows with no tile kept: the lowest float
+    sums, parts = [], []
+    for rows, columns, scores in found:
+        # A hidden key's weight is 0 in a row that sees a key; rows that
+        # see none are set to zero at the end.
+        weights = ops.exp(
+            scores - ops.expand_dims(ops.take(row_max, rows, axis=0), -1)
+        )
+        sums.append(ops.sum(weights, axis=-1))
+        if dropout is not None:
+            weights = dropout(weights)
+        part = ops.einsum(
+            "pnqk,pknh->pqnh",
+            ops.cast(weights, value_heads.dtype),
+            ops.take(value_tiled, columns, axis=0),
+        )
+        parts.append(ops.cast(part, "float32"))
     total = ops.segment_sum(
-        ops.sum(weights, axis=-1), rows, num_segments=segments
+        ops.concatenate(sums, axis=0), every_row, num_segments=segments
     )  # (B * Q, N, block)
-    if dropout is not None:
-        weights = dropout(weights)
-    partial = ops.einsum(
-        "pnqk,pknh->pqnh", ops.cast(weights, value_heads.dtype), value_blocks
-    )
     summed = ops.segment_sum(
-        ops.cast(partial, "float32"), rows, num_segments=segments
+        ops.concatenate(parts, axis=0), every_row, num_segments=segments
     )  # (B * Q, block, N, H)
+    # The mask is the same for every head: head 0 says which rows see a key.
+    has_key = row_max[:, 0] > MASKED_SCORE / 2  # (B * Q, block)
     total = ops.expand_dims(ops.transpose(total, (0, 2, 1)), -1)
-    attended = ops.where(
-        total > 0, summed / ops.where(total > 0, total, 1.0), 0.0
+    usable = ops.logical_and(
+        ops.reshape(has_key, (-1, block_size, 1, 1)), total > 0
     )
+    attended = ops.where(usable, summed / ops.where(usable, total, 1.0), 0.0)
     attended = ops.reshape(
         ops.cast(attended, value_heads.dtype),
         (batch, query_tiles * block_size, heads, value_size),
     )[:, :length]
-    return attended, ops.any(mask, axis=-1)
+    has_key = ops.reshape(has_key, (batch, query_tiles * block_size))
+    return attended, has_key[:, :length]

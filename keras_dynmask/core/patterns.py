@@ -122,6 +122,14 @@ class Pattern:
         Returns:
             bool `(B, T, S)` (`B` is 1 when nothing varies per example).
         """
+        self.check_inputs(inputs)
+        key_length = query_length if key_length is None else key_length
+        inputs = {**inputs, "_variables": variables or {}}
+        return self._mask(query_length, key_length, offset, inputs)
+
+    def check_inputs(self, inputs):
+        """Raises `ValueError` unless the per-example `inputs` (a dict)
+        are known names and hold every one this pattern needs."""
         unknown = sorted(set(inputs) - set(PATTERN_INPUTS))
         if unknown:
             raise ValueError(
@@ -134,9 +142,6 @@ class Pattern:
                     f"Pattern '{self}' needs the per-example input {name}, "
                     f"received {name}=None"
                 )
-        key_length = query_length if key_length is None else key_length
-        inputs = {**inputs, "_variables": variables or {}}
-        return self._mask(query_length, key_length, offset, inputs)
 
     def _mask(self, query_length, key_length, offset, inputs):
         raise NotImplementedError

@@ -50,10 +50,13 @@ class MultiHeadAttention(PatternAttention, keras.layers.MultiHeadAttention):
               key blocks the window reaches (`attention.blockwise`),
               whenever that is at most half the sequence; time and memory
               grow with `T x window`, not `T x T`;
-            - patterns with `segment` (packed documents): only the
+            - any other pattern of the package's words, from
+              `2 * block_size + 1` positions on: only the
               `block_size x block_size` tiles of the mask that hold a
-              visible key (`attention.block_sparse`), whenever at most a
-              quarter of them do;
+              visible key, the full ones without an element mask
+              (`attention.block_sparse`, planned by `attention.tile_mask`
+              from the pattern and the padding), whenever at most
+              two fifths of them do (packed documents, heavy padding);
             - `"causal"` with padding only: the queries in 4 chunks from
               `8 * block_size` positions, 8 from `16 * block_size`, each
               over the keys up to its end (`attention.causal`; 9/16 of
@@ -62,7 +65,7 @@ class MultiHeadAttention(PatternAttention, keras.layers.MultiHeadAttention):
             the key blocks of the pattern's bounds as written (shapes
             fixed when tracing; the dense path runs while a window
             variable reaches beyond them), `"causal"` runs the backend's
-            causal kernel, and segment patterns the dense path. `None`
+            causal kernel, and other patterns the dense path. `None`
             always uses the dense path. Keras' `attention_mask`,
             `use_causal_mask` and `sliding_window` take the dense path.
             Defaults to `128`.
