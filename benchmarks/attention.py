@@ -1,19 +1,23 @@
 """Our attention against stock Keras `MultiHeadAttention` on the same mask.
 
 One self-attention layer (B = 1, hidden 256, 4 heads of 64), the same
-weights in every contender, forward pass in a `tf.function`, three masks:
+weights in every contender, forward pass in a `tf.function`, four masks:
 
 - `causal & window(255)`, which stock Keras gets precomputed (a constant
   of the graph);
 - `causal`: stock Keras with `use_causal_mask=True`;
 - 8 packed documents of T / 8 tokens in one row, `segment & causal` with
-  segment ids, which stock Keras gets precomputed.
+  segment ids, which stock Keras gets precomputed;
+- a prefix-LM, `causal | prefix` with a prefix of T / 8, over a row whose
+  last three quarters are padding at T = 4,096 (none at T = 512), which
+  stock Keras gets precomputed with the padding.
 
 Ours runs twice: as it comes ("auto": block-wise for the window at
-T = 4,096, block-sparse tiles for the packed documents, queries in chunks
-for `causal`) and dense (`block_size=None`, one `(T, T)` mask built in the
-graph). Every contender is checked to give the same output. Reported:
-median milliseconds of interleaved rounds after warm-up, and the ratios
+T = 4,096, block-sparse tiles for the packed documents and the padded
+prefix-LM, queries in chunks for `causal`) and dense (`block_size=None`,
+one `(T, T)` mask built in the graph). Every contender is checked to
+give the same output. Reported: median milliseconds of interleaved
+rounds after warm-up, and the ratios
 (above 1: ours is faster); at T = 4,096 also how far one call raises the
 peak resident memory, each way in a fresh process
 (`python -m benchmarks.attention PATTERN WAY LENGTH` prints one).
@@ -40,11 +44,20 @@ def _runs(pattern, length, layers=None, ways=("auto", "dense", "stock")):
     would count it)."""
     auto, dense, stock = layers or contenders.trio(pattern)
     x = tf.random.stateless_normal((1, length, HIDDEN), seed=(0, length))
-    segments = tf.range(length)[None] // max(1, length // DOCUMENTS)
-    inputs = {"segment_ids": segments} if "segment" in pattern else {}
+    inputs = {}
+    if "segment" in pattern:
+        segments = tf.range(length)[None] // max(1, length // DOCUMENTS)
+        inputs["segment_ids"] = segments
+    padding = {}
+    if "prefix" in pattern:
+        inputs["prefix_length"] = tf.constant([length // 8])
+        real = tf.range(length)[None] < _real(length)
+        padding = {"query_mask": real, "value_mask": real}
     runs = {
-        "auto": lambda: tf.function(lambda x: auto(x, x, **inputs)),
-        "dense": lambda: tf.function(lambda x: dense(x, x, **inputs)),
+        "auto": lambda: tf.function(lambda x: auto(x, x, **inputs, **padding)),
+        "dense": lambda: tf.function(
+            lambda x: dense(x, x, **inputs, **padding)
+        ),
     }
     if pattern == "causal":
         runs["stock"] = lambda: tf.function(
@@ -53,20 +66,31 @@ def _runs(pattern, length, layers=None, ways=("auto", "dense", "stock")):
     else:
 
         def given_mask():
-            mask = kd.parse_pattern(pattern).mask(length, **inputs)
+            mask = kd.merge_masks(
+                kd.parse_pattern(pattern).mask(length, **inputs),
+                padding.get("query_mask"),
+                padding.get("value_mask"),
+            )
             return tf.function(lambda x: stock(x, x, attention_mask=mask))
 
         runs["stock"] = given_mask
     return {way: runs[way]() for way in ways}, x
 
 
+def _real(length):
+    """How many tokens are not padding in the padded row: a quarter."""
+    return length // 4 if length >= 1024 else length
+
+
 def _contenders(pattern, length):
     """`{name: callable}` for ours (auto and dense) and stock Keras,
-    checked to agree."""
+    checked to agree (on the positions that are not padding: stock Keras
+    gives padding queries outputs too)."""
     runs, x = _runs(pattern, length)
-    want = runs["stock"](x).numpy()
+    real = _real(length) if "prefix" in pattern else length
+    want = runs["stock"](x).numpy()[:, :real]
     for run in runs.values():
-        np.testing.assert_allclose(run(x).numpy(), want, atol=1e-4)
+        np.testing.assert_allclose(run(x).numpy()[:, :real], want, atol=1e-4)
     return {
         name: (lambda run=run: run(x).numpy()) for name, run in runs.items()
     }
@@ -93,6 +117,9 @@ CASES = (
         "segment & causal",
         "the mask, precomputed",
     ),
+    # Block-sparse beyond segments: a prefix of T / 8, and from T = 1,024
+    # the row three quarters padding.
+    ("padded prefix-LM", "causal | prefix", "the mask, precomputed"),
 )
 
 
@@ -127,7 +154,7 @@ def run(quick=False):
                 }
             memory = " / ".join(f"{mib[w]:.0f}" for w in mib) or "-"
             lines.append(
-                f"| {name} (`{pattern}`) | {length} | {given} | "
+                f"| {name} (`{_cell(pattern)}`) | {length} | {given} | "
                 f"{ms['auto']:.1f} | {ms['dense']:.1f} | {ms['stock']:.1f} | "
                 f"{ms['stock'] / ms['auto']:.2f} | "
                 f"{ms['stock'] / ms['dense']:.2f} | "
@@ -135,6 +162,11 @@ def run(quick=False):
             )
             _record(name, length, given, ms, mib)
     return lines
+
+
+def _cell(text):
+    """`text` for a markdown table cell (a `|` would end the cell)."""
+    return text.replace("|", "\\|")
 
 
 def _record(name, length, given, ms, mib):
@@ -153,7 +185,7 @@ def _record(name, length, given, ms, mib):
             f"{ms['stock']:.1f} ms ({ms['stock'] / ms['auto']:.2f}x)",
             ">= 1.8x",
         )
-    elif length == 4096:
+    elif length == 4096 and name != "padded prefix-LM":
         less = mib["dense"] / max(mib["auto"], 1.0)
         targets.record(
             f"{name} (`segment & causal`), T = {length}, vs our dense",

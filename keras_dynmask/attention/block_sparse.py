@@ -210,7 +210,10 @@ def attention(
     usable = ops.logical_and(
         ops.reshape(has_key, (-1, block_size, 1, 1)), total > 0
     )
-    attended = ops.where(usable, summed / ops.where(usable, total, 1.0), 0.0)
+    # One pass over the (B * Q, block, N, H) sums: their scale per row.
+    attended = summed * ops.where(
+        usable, 1.0 / ops.where(usable, total, 1.0), 0.0
+    )
     attended = ops.reshape(
         ops.cast(attended, value_heads.dtype),
         (batch, query_tiles * block_size, heads, value_size),
