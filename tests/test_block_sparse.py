@@ -299,3 +299,20 @@ def test_heavy_padding_takes_tiles_for_any_pattern(pattern, tile_calls):
     for got, want in zip(results[0][1], results[1][1], strict=True):
         np.testing.assert_allclose(got, want, atol=1e-4)
     assert not np.asarray(results[0][0])[1, 9:].any()
+
+
+@pytest.mark.parametrize(
+    ("segments", "message"),
+    [
+        (np.zeros((2, 40), "float32"), "segment_ids must have an integer"),
+        (np.zeros((40,), "int32"), "segment_ids must have rank 2"),
+    ],
+)
+def test_bad_inputs_on_the_tile_path_get_a_clear_error(segments, message):
+    # 40 positions in blocks of 4: the tile plan reads the segment ids.
+    layer = kd.MultiHeadAttention(
+        2, 4, pattern="segment & causal", block_size=4
+    )
+    x = np.zeros((2, 40, 8), "float32")
+    with pytest.raises(ValueError, match=message):
+        layer(x, x, segment_ids=segments)

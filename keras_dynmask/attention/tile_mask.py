@@ -20,6 +20,7 @@ mask.
 from keras import ops
 
 from keras_dynmask.core import patterns
+from keras_dynmask.core._checks import check_integer_tensor
 
 _WORDS = (
     patterns.Causal,
@@ -66,7 +67,7 @@ def grid(
         `some` is `True` for every tile with a visible key (and maybe for
         others), `every` only for tiles whose every query sees every key.
     """
-    pattern.check_inputs(inputs)
+    inputs = _checked(pattern, inputs)
     ranges = _Ranges(block_size, length, variables, inputs)
     ranges.summarize_segments(query_mask, key_mask)
     some, every = _bounds(pattern, ranges)
@@ -99,6 +100,7 @@ def inside(
     Returns:
         bool `(P, block, block)`; positions past `T` are hidden.
     """
+    inputs = _checked(pattern, inputs)
     tiles = ops.shape(rows)[0]
     count = (length + block_size - 1) // block_size
     within = ops.arange(block_size, dtype="int32")
@@ -147,6 +149,19 @@ def inside(
             visible, at_tiles(padding, columns, (1, block_size), False)
         )
     return ops.broadcast_to(visible, (tiles, block_size, block_size))
+
+
+def _checked(pattern, inputs):
+    """The per-example `inputs` the pattern reads, as int32 tensors of the
+    ranks `Pattern.mask` accepts (a `ValueError` naming any other)."""
+    pattern.check_inputs(inputs)
+    return {
+        name: check_integer_tensor(
+            name, value, ranks=(2,) if name == "segment_ids" else (0, 1)
+        )
+        for name, value in inputs.items()
+        if value is not None
+    }
 
 
 def _parameter(word, name, variables):
