@@ -448,12 +448,7 @@ class PatternAttention:
             )
 
         def dense():
-            mask = call_masks.dense()
-            attended, _ = self._dense_attention(heads, mask, training, False)
-            has_key = rows_with_keys(mask, query_heads)
-            if has_key is None:
-                has_key = ops.ones(ops.shape(attended)[:2], "bool")
-            return attended, has_key
+            return self._dense_with_rows(heads, call_masks, training)
 
         # Blocks pay once each query block reads at most half the sequence
         # (window 256, blocks of 128: 0.92x dense's speed at T = 512, where
@@ -484,6 +479,16 @@ class PatternAttention:
             ops.equal(length, ops.shape(call_masks.key)[1]),
         )
         return ops.cond(fewer_keys, blocks, dense)
+
+    def _dense_with_rows(self, heads, call_masks, training):
+        """`(attended, has_key)` by the dense path, `has_key` always a
+        tensor (the other branch of a `cond` returns one)."""
+        mask = call_masks.dense()
+        attended, _ = self._dense_attention(heads, mask, training, False)
+        has_key = rows_with_keys(mask, heads[0])
+        if has_key is None:
+            has_key = ops.ones(ops.shape(attended)[:2], "bool")
+        return attended, has_key
 
     def _own_self_attention(self, cache, call_masks):
         """Whether this call is one the layer's own kernels may take: our
@@ -554,12 +559,7 @@ class PatternAttention:
         length = ops.shape(query_heads)[1]
 
         def dense():
-            mask = call_masks.dense()
-            attended, _ = self._dense_attention(heads, mask, training, False)
-            has_key = rows_with_keys(mask, query_heads)
-            if has_key is None:
-                has_key = ops.ones(ops.shape(attended)[:2], "bool")
-            return attended, has_key
+            return self._dense_with_rows(heads, call_masks, training)
 
         def planned():
             plan = {
