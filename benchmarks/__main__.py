@@ -15,6 +15,7 @@ def main():
     args = parser.parse_args()
 
     from benchmarks import attention
+    from benchmarks import generation
     from benchmarks import inference
     from benchmarks import mask_construction
     from benchmarks import masking
@@ -43,6 +44,8 @@ def main():
     print("\n".join(scaling.run(quick=args.quick)))
     print()
     print("\n".join(attention.run(quick=args.quick)))
+    print()
+    print("\n".join(generation.run(quick=args.quick)))
     print()
     print("\n".join(targets.table()))
 

@@ -1,5 +1,7 @@
 """Key/value caches and batched generation of prompts of different lengths."""
 
+import functools
+
 import keras
 import numpy as np
 import pytest
@@ -9,6 +11,8 @@ from keras_dynmask import MultiHeadAttention
 from keras_dynmask import TransformerBlock
 from keras_dynmask import models
 from keras_dynmask.attention.cache import write_cache
+from keras_dynmask.core import _random
+from keras_dynmask.models import decoding
 from keras_dynmask.models import generation
 from tests.helpers import SIZES
 from tests.helpers import VOCABULARY
@@ -19,6 +23,13 @@ PROMPTS = [[5, 6, 7], [8], [9, 10, 11, 12, 13, 3], [4, 4]]
 def causal_lm(pattern="causal", seed=1):
     keras.utils.set_random_seed(seed)
     return models.build_causal_lm(VOCABULARY, pattern=pattern, **SIZES)
+
+
+@functools.cache
+def shared_lm(pattern="causal"):
+    """One model per pattern for the tests that only read it, so that its
+    compiled generation loop is compiled once for all of them."""
+    return causal_lm(pattern)
 
 
 def test_write_cache_puts_each_row_at_its_own_position():
@@ -99,7 +110,7 @@ def test_bad_caches_are_named():
 @pytest.mark.parametrize("pattern", ["causal", "causal & window(2)"])
 @pytest.mark.parametrize("top_k", [None, 5])
 def test_cached_generation_equals_uncached(pattern, top_k):
-    model = causal_lm(pattern)
+    model = shared_lm(pattern)
     cached, cached_logits = generation.generate(
         model, PROMPTS, 8, top_k=top_k, return_logits=True
     )
@@ -112,7 +123,7 @@ def test_cached_generation_equals_uncached(pattern, top_k):
 
 @pytest.mark.parametrize("top_k", [None, 5])
 def test_a_batch_equals_each_prompt_alone(top_k):
-    model = causal_lm()
+    model = shared_lm()
     batched = generation.generate(model, PROMPTS, 8, top_k=top_k, seed=7)
     alone = [
         generation.generate(model, [prompt], 8, top_k=top_k, seed=7)[0]
@@ -126,7 +137,7 @@ def test_a_batch_equals_each_prompt_alone(top_k):
 
 
 def test_sampling_follows_the_seed_and_the_top_k():
-    model = causal_lm()
+    model = shared_lm()
     first = generation.generate(model, PROMPTS, 12, top_k=3, seed=1)
     again = generation.generate(model, PROMPTS, 12, top_k=3, seed=1)
     other = generation.generate(model, PROMPTS, 12, top_k=3, seed=2)
@@ -142,14 +153,14 @@ def test_sampling_follows_the_seed_and_the_top_k():
 
 
 def test_greedy_is_the_argmax_and_never_padding():
-    model = causal_lm()
+    model = shared_lm()
     tokens, logits = generation.generate(model, PROMPTS, 6, return_logits=True)
     logits[:, :, 0] = -np.inf
     np.testing.assert_array_equal(np.array(tokens), logits.argmax(-1))
 
 
 def test_rows_stop_after_the_end_id():
-    model = causal_lm()
+    model = shared_lm()
     tokens = generation.generate(model, PROMPTS, 10)
     end_id = tokens[0][2]
     stopped = generation.generate(model, PROMPTS, 10, end_id=end_id)
@@ -158,6 +169,115 @@ def test_rows_stop_after_the_end_id():
             assert row == full[: full.index(end_id) + 1]
         else:
             assert row == full
+
+
+SAMPLINGS = [
+    {},
+    {"top_k": 5, "seed": 3},
+    {"top_p": 0.6, "seed": 4, "temperature": 0.7},
+    {"top_k": 8, "top_p": 0.9, "seed": 5, "temperature": 1.5},
+]
+
+
+@pytest.mark.parametrize("sampling", SAMPLINGS)
+@pytest.mark.parametrize("pattern", ["causal", "causal & window(2)"])
+def test_compiled_generation_equals_step_by_step(sampling, pattern):
+    model = shared_lm(pattern)
+    compiled, compiled_logits = generation.generate(
+        model, PROMPTS, 9, return_logits=True, **sampling
+    )
+    stepped, stepped_logits = generation.generate(
+        model, PROMPTS, 9, return_logits=True, compiled=False, **sampling
+    )
+    assert compiled == stepped
+    np.testing.assert_allclose(compiled_logits, stepped_logits, atol=1e-4)
+
+
+def test_compiled_generation_stops_each_row_at_its_end_id():
+    model = shared_lm()
+    tokens = generation.generate(model, PROMPTS, 10, top_k=4, seed=2)
+    end_id = tokens[1][3]
+    compiled, logits = generation.generate(
+        model, PROMPTS, 10, top_k=4, seed=2, end_id=end_id, return_logits=True
+    )
+    stepped = generation.generate(
+        model, PROMPTS, 10, top_k=4, seed=2, end_id=end_id, compiled=False
+    )
+    assert compiled == stepped
+    for row, full in enumerate(tokens):
+        if end_id in full:
+            assert compiled[row] == full[: full.index(end_id) + 1]
+            # The steps after a row's end are not computed for it.
+            assert not logits[row, len(compiled[row]) :].any()
+
+
+def test_decode_pads_after_the_end_and_counts_the_new_tokens():
+    model = shared_lm()
+    lengths, ids = generation._pad(PROMPTS, 0)
+    free = decoding.decode(model, ids, lengths, 7)
+    end_id = int(free["tokens"][2, 2])
+    out = decoding.decode(model, ids, lengths, 7, end_id=end_id)
+    tokens = ops.convert_to_numpy(out["tokens"])
+    for row, full in enumerate(ops.convert_to_numpy(free["tokens"]).tolist()):
+        n = full.index(end_id) + 1 if end_id in full else 7
+        assert int(out["lengths"][row]) == n
+        assert tokens[row, :n].tolist() == full[:n]
+        assert (tokens[row, n:] == 0).all()
+
+
+def _numpy_choice(logits, top_k, top_p, temperature, keys, step):
+    """Sampling written out in numpy, as generation did it before it was
+    compiled (top-k by a sort), plus nucleus sampling by its definition."""
+    logits = logits.astype("float64")
+    logits[:, 0] = -np.inf  # the padding id
+    ordered = -np.sort(-logits, axis=-1)
+    keep = np.full(logits.shape, True)
+    if top_k:
+        keep &= logits >= ordered[:, top_k - 1 : top_k]
+    if top_p < 1:
+        for row in range(len(logits)):
+            kept = np.where(keep[row], logits[row] / temperature, -np.inf)
+            p = np.exp(kept - kept.max())
+            p /= p.sum()
+            order = np.argsort(-p, kind="stable")
+            mass = np.cumsum(p[order]) - p[order]
+            keep[row] &= np.isin(np.arange(p.size), order[mass < top_p])
+    scaled = np.where(keep, logits / temperature, -np.inf)
+    draws = _random.uniform(_random.combine(keys, step), logits.shape[1])
+    draws = np.clip(ops.convert_to_numpy(draws), 2.0**-25, 1 - 2.0**-25)
+    return (scaled - np.log(-np.log(draws.astype("float64")))).argmax(-1)
+
+
+@pytest.mark.parametrize(
+    ("top_k", "top_p", "temperature"),
+    [(0, 1.0, 1.0), (1, 1.0, 1.0), (3, 1.0, 0.5), (0, 0.5, 1.0), (6, 0.8, 2)],
+)
+def test_choose_equals_a_numpy_oracle(top_k, top_p, temperature):
+    rng = np.random.default_rng(top_k)
+    logits = (rng.normal(size=(64, 40)) * 3).astype("float32")
+    keys = decoding.prompt_keys(9, np.arange(64)[:, None] + 1, np.ones(64))
+    for step in range(3):
+        got = decoding.choose(
+            logits, 0, keys, step, top_k, top_p, float(temperature)
+        )
+        want = _numpy_choice(logits, top_k, top_p, temperature, keys, step)
+        np.testing.assert_array_equal(ops.convert_to_numpy(got), want)
+
+
+def test_nucleus_sampling_keeps_to_the_nucleus():
+    probabilities = np.array([[0.5, 0.3, 0.15, 0.05]] * 2000)
+    logits = np.log(probabilities).astype("float32")
+    logits = np.concatenate([np.zeros((2000, 1), "float32"), logits], 1)
+    keys = decoding.prompt_keys(1, np.arange(2000)[:, None] + 1, np.ones(2000))
+    counts = {}
+    for top_p, allowed in [(0.45, {1}), (0.7, {1, 2}), (0.9, {1, 2, 3})]:
+        chosen = ops.convert_to_numpy(
+            decoding.choose(logits, 0, keys, 0, 0, top_p)
+        )
+        assert set(chosen.tolist()) == allowed, (top_p, set(chosen.tolist()))
+        counts[top_p] = np.bincount(chosen, minlength=5)
+    # Renormalized over {1, 2}: 0.5 / 0.8 = 0.625 of the draws are token 1.
+    assert abs(counts[0.7][1] / 2000 - 0.625) < 0.04, counts[0.7]
 
 
 @pytest.mark.tensorflow_only
@@ -201,10 +321,14 @@ def test_a_saved_causal_lm_generates_the_same_tokens(tmp_path):
         ({"max_new_tokens": 0}, "max_new_tokens"),
         ({"top_k": VOCABULARY + 1}, "top_k"),
         ({"top_k": 2, "temperature": 0}, "temperature"),
+        ({"top_p": 0.0}, "top_p"),
+        ({"top_p": 1.5}, "top_p"),
+        ({"top_k": 2, "seed": 2**31}, "seed must fit in 32 bits"),
+        ({"top_k": 2, "seed": "1"}, "seed"),
     ],
 )
 def test_bad_arguments_are_named(arguments, message):
-    model = causal_lm()
+    model = shared_lm()
     call = {"prompts": [[3, 4]], "max_new_tokens": 2, **arguments}
     with pytest.raises(ValueError, match=message):
         generation.generate(model, **call)
@@ -217,7 +341,7 @@ def test_bad_arguments_are_named(arguments, message):
     ["bidirectional", "causal | window(1)", "causal | ~window(20)"],
 )
 def test_patterns_that_see_later_keys_cannot_generate(pattern):
-    model = causal_lm(pattern)
+    model = shared_lm(pattern)
     with pytest.raises(ValueError, match="no query may see a later key"):
         generation.generate(model, [[3]], 2)
 

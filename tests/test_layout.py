@@ -21,6 +21,7 @@ TENSORFLOW = ("tensorflow", "tensorflow_text", "ai_edge_litert")
 # tf.distribute.
 RUN_TIME_TENSORFLOW = {
     ("models/generation.py", "_compiled"),
+    ("models/generation.py", "_compiled_loop"),
     ("layers/_distribution.py", "replica_id"),
 }
 

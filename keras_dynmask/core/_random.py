@@ -110,7 +110,13 @@ def bits(keys, length):
         length: int or scalar tensor. `T`.
     """
     positions = ops.arange(length, dtype=key_dtype())
-    return _fold(ops.expand_dims(keys, 1), ops.expand_dims(positions, 0))
+    return bits_at(ops.expand_dims(keys, 1), ops.expand_dims(positions, 0))
+
+
+def bits_at(keys, positions):
+    """The bits of `bits` at chosen positions: a function of (key, t),
+    `keys` and `positions` (of `key_dtype()`) broadcast together."""
+    return _fold(keys, positions)
 
 
 def stream(random_bits, number):

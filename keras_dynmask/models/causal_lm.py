@@ -110,13 +110,19 @@ class CausalLM(keras.Model):
     def init_cache(self, batch_size, max_length):
         """An empty key/value cache for `max_length` positions.
 
+        Args:
+            batch_size, max_length: ints, or scalar int tensors inside a
+                traced function.
+
         Returns:
             zeros `(batch_size, num_layers, 2, max_length, num_heads,
             key_dim)` in the blocks' compute dtype: keys then values of
             every block.
         """
-        batch_size = check_int("batch_size", batch_size, minimum=1)
-        max_length = check_int("max_length", max_length, minimum=1)
+        if not ops.is_tensor(batch_size):
+            batch_size = check_int("batch_size", batch_size, minimum=1)
+        if not ops.is_tensor(max_length):
+            max_length = check_int("max_length", max_length, minimum=1)
         attention = self.transformer_blocks[0].self_attention
         return ops.zeros(
             (

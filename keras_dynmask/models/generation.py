@@ -26,6 +26,7 @@ from keras import ops
 
 from keras_dynmask.core import _random
 from keras_dynmask.core._checks import check_int
+from keras_dynmask.models import decoding
 from keras_dynmask.models.causal_lm import CausalLM
 
 
@@ -34,13 +35,15 @@ def generate(
     prompts,
     max_new_tokens,
     top_k=None,
+    top_p=None,
     temperature=1.0,
     seed=0,
     end_id=None,
     use_cache=True,
     return_logits=False,
+    compiled=True,
 ):
-    """New tokens for each prompt, greedy or sampled from the top k.
+    """New tokens for each prompt: greedy, or sampled (top-k, top-p).
 
     Args:
         model: a `CausalLM` (from `keras_dynmask.models.build_causal_lm`)
@@ -49,27 +52,68 @@ def generate(
         prompts: list of lists of token ids, each non-empty; lengths may
             differ. The padding id is never generated.
         max_new_tokens: int > 0.
-        top_k: `None` for greedy decoding, or int > 0 to sample among the
-            `top_k` most likely tokens.
+        top_k: `None`, or int > 0 to sample among the `top_k` most likely
+            tokens.
+        top_p: `None`, or float in `(0, 1]` to sample among the most likely
+            tokens whose probabilities first reach `top_p` (nucleus
+            sampling, applied after `top_k`). With neither, decoding is
+            greedy.
         temperature: float > 0. Divides the logits before sampling.
-        seed: int. A row's random draws are a function of (seed, its
+        seed: int in 32 bits. A row's random draws are a function of (seed, its
             prompt, step) only, so a prompt gets the same sample in any
             batch and at any batch position.
         end_id: optional int. A row stops after generating it.
         use_cache: bool. Decode with a key/value cache (each step costs one
-            position) or rerun the model on the whole text at every step.
+            position) or rerun the model on the whole text at every step
+            (a reference, step by step).
         return_logits: bool. Also return each step's logits.
+        compiled: bool. With the cache, run the whole loop as one compiled
+            function (`tf.function`, `jax.jit`; eager `keras.ops` under
+            PyTorch) or step by step from Python. Both give the same
+            tokens.
 
     Returns:
         A list with each prompt's new tokens (ending at `end_id` if it was
         generated); with `return_logits`, also float32 logits `(B,
-        max_new_tokens, vocabulary_size)`.
+        max_new_tokens, vocabulary_size)` (a row's steps after its
+        `end_id` are zeros when compiled).
     """
     parts = _parts(model)
     for block in parts.blocks:  # each call: a window may have been widened
         _check_causal(block)
     lengths, ids = _pad(prompts, parts.pad_id)
     max_new_tokens = check_int("max_new_tokens", max_new_tokens, minimum=1)
+    sampling = _sampling(parts, top_k, top_p, temperature)
+    if end_id is not None:
+        end_id = check_int("end_id", end_id, minimum=0)
+    seed = check_int("seed", seed)
+    if not -(2**31) <= seed < 2**31:  # JAX without x64 holds 32 bits
+        raise ValueError(
+            f"seed must fit in 32 bits (from -2**31 to 2**31 - 1), "
+            f"received seed={seed}"
+        )
+    if compiled and use_cache:
+        tokens, logits = parts.decode(
+            ids, lengths, max_new_tokens, seed, sampling, end_id, return_logits
+        )
+    else:
+        keys = None
+        if sampling is not None:
+            keys = decoding.prompt_keys(seed, ids, lengths)
+        decoder = _CachedDecoder if use_cache else _FullDecoder
+        decoder = decoder(parts, ids, lengths, max_new_tokens)
+        tokens, logits = _step_by_step(
+            decoder, parts.pad_id, max_new_tokens, keys, sampling
+        )
+    continuations = [_until(row, end_id) for row in tokens.tolist()]
+    if return_logits:
+        return continuations, logits
+    return continuations
+
+
+def _sampling(parts, top_k, top_p, temperature):
+    """`(top_k, top_p, temperature)` for `decoding.choose`, or `None` for
+    greedy decoding."""
     if top_k is not None:
         top_k = check_int("top_k", top_k, minimum=1)
         if top_k > parts.vocabulary_size:
@@ -77,32 +121,44 @@ def generate(
                 f"top_k must be at most the vocabulary size "
                 f"{parts.vocabulary_size}, received top_k={top_k}"
             )
-    if not float(temperature) > 0:
+    if top_p is not None and not (
+        isinstance(top_p, (int, float))
+        and not isinstance(top_p, bool)
+        and 0 < top_p <= 1
+    ):
+        raise ValueError(
+            f"top_p must be a float in (0, 1], received top_p={top_p!r}"
+        )
+    if not (
+        isinstance(temperature, (int, float))
+        and not isinstance(temperature, bool)
+        and temperature > 0
+    ):
         raise ValueError(
             f"temperature must be > 0, received temperature={temperature!r}"
         )
-    if end_id is not None:
-        end_id = check_int("end_id", end_id, minimum=0)
-    keys = _prompt_keys(seed, ids, lengths)
-    decoder = _CachedDecoder if use_cache else _FullDecoder
-    decoder = decoder(parts, ids, lengths, max_new_tokens)
+    if top_k is None and top_p is None:
+        return None
+    return (top_k or 0, float(1.0 if top_p is None else top_p), temperature)
 
-    tokens = np.zeros((len(prompts), max_new_tokens), "int32")
+
+def _step_by_step(decoder, pad_id, max_new_tokens, keys, sampling):
+    """Tokens `(B, max_new_tokens)` and logits, one Python step at a time."""
+    top_k, top_p, temperature = sampling or (1, 1.0, 1.0)
+    tokens = np.zeros((len(decoder.lengths), max_new_tokens), "int32")
     all_logits = []
     logits = decoder.first()
     for step in range(max_new_tokens):
         logits = np.asarray(ops.convert_to_numpy(logits), "float32")
         all_logits.append(logits)
-        tokens[:, step] = _choose(
-            logits, parts.pad_id, top_k, temperature, keys, step
+        tokens[:, step] = ops.convert_to_numpy(
+            decoding.choose(
+                logits, pad_id, keys, step, top_k, top_p, float(temperature)
+            )
         )
         if step + 1 < max_new_tokens:
             logits = decoder.next(tokens[:, step], step)
-
-    continuations = [_until(row, end_id) for row in tokens.tolist()]
-    if return_logits:
-        return continuations, np.stack(all_logits, axis=1)
-    return continuations
+    return tokens, np.stack(all_logits, axis=1)
 
 
 _PARTS = weakref.WeakKeyDictionary()
@@ -123,8 +179,9 @@ def _parts(model):
 
 
 class _Parts:
-    """The compiled functions that decoding calls: through the model's own
-    `call_with_cache`, or the whole model."""
+    """The compiled functions that decoding calls: the whole loop, or one
+    step at a time through the model's own `call_with_cache`, or the whole
+    model."""
 
     def __init__(self, model):
         self.model = model
@@ -134,12 +191,45 @@ class _Parts:
         self.prefill = _compiled(self._prefill)
         self.step = _compiled(self._step)
         self.run = _compiled(self._run)
+        self.loop = _compiled_loop(model)
+
+    def decode(self, ids, lengths, max_new, seed, sampling, end_id, logits):
+        """Tokens `(B, max_new)` and logits (or `None`): the whole loop in
+        one compiled call. The prompts and the new tokens are padded to
+        sizes in powers of two, so that a compiler that specializes on
+        shapes compiles once per size class, not once per call."""
+        top_k, top_p, temperature = sampling or (1, 1.0, 1.0)
+        length = _size_class(ids.shape[1])
+        padded = np.full((len(ids), length), self.pad_id or 0, "int32")
+        padded[:, : ids.shape[1]] = ids
+        settings = {
+            "seed": ops.convert_to_tensor(seed, _random.key_dtype()),
+            "top_p": ops.convert_to_tensor(top_p, "float32"),
+            "temperature": ops.convert_to_tensor(temperature, "float32"),
+            "end_id": ops.convert_to_tensor(
+                -1 if end_id is None else end_id, "int32"
+            ),
+        }
+        out = self.loop(
+            ops.convert_to_tensor(padded),
+            ops.convert_to_tensor(lengths),
+            ops.convert_to_tensor(max_new, "int32"),
+            settings,
+            top_k=top_k,
+            width=_size_class(max_new),
+            sample=sampling is not None,
+            keep_logits=logits,
+        )
+        tokens = ops.convert_to_numpy(out["tokens"])[:, :max_new]
+        if not logits:
+            return tokens, None
+        return tokens, ops.convert_to_numpy(out["logits"])[:, :max_new]
 
     def _prefill(self, ids, last, cache):
         """Logits `(B, V)` after position `last` of each row, and the
         cache with every prompt position written."""
         logits, cache = self.model.call_with_cache(ids, cache, 0)
-        return _at(logits, last)[:, 0], cache
+        return decoding.at(logits, last), cache
 
     def _step(self, tokens, positions, cache):
         """One new token per row, at each row's own position."""
@@ -150,14 +240,69 @@ class _Parts:
 
     def _run(self, ids, last):
         """The whole model on the whole text: logits after `last`."""
-        logits = self.model(ids, training=False)
-        return _at(logits, last)[:, 0]
+        return decoding.at(self.model(ids, training=False), last)
 
 
-def _at(x, positions):
-    """`x[b, positions[b]]` as `(B, 1, D)`, exact (a one-hot product)."""
-    one_hot = ops.one_hot(positions, ops.shape(x)[1], dtype=x.dtype)
-    return ops.einsum("bt,btd->bd", one_hot, x)[:, None, :]
+def _size_class(size):
+    """The power of two at least `size` (and 16)."""
+    return max(16, 1 << (int(size) - 1).bit_length())
+
+
+def _compiled_loop(model):
+    """`decoding.decode` for `model` as one compiled function of
+    `(ids, lengths, max_new, settings, **static)`: `settings` holds the
+    `seed`, `top_p`, `temperature` and `end_id` tensors, and the keywords
+    `top_k`, `width`, `sample` and `keep_logits` are Python values (one
+    compilation each)."""
+
+    def loop(ids, lengths, max_new, settings, top_k, **static):
+        return decoding.decode(
+            model,
+            ids,
+            lengths,
+            max_new,
+            top_k=top_k,
+            **settings,
+            **static,
+        )
+
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        # XLA: one fused program per shape; about half the time per step
+        # of the plain graph on a CPU (measured in benchmarks/).
+        return tf.function(loop, reduce_retracing=True, jit_compile=True)
+    if backend == "jax":
+        import jax
+
+        variables = model.variables
+
+        # The weights are arguments, not constants closed over: XLA would
+        # otherwise fold them into the program (slowly, on a GPU).
+        def stateless(values, *arguments, **static):
+            mapping = list(zip(variables, values, strict=True))
+            with keras.StatelessScope(state_mapping=mapping):
+                return loop(*arguments, **static)
+
+        jitted = jax.jit(
+            stateless,
+            static_argnames=("top_k", "width", "sample", "keep_logits"),
+        )
+
+        def run(*arguments, **static):
+            values = [variable.value for variable in variables]
+            return jitted(values, *arguments, **static)
+
+        return run
+
+    def run(*arguments, **static):  # PyTorch: eager
+        import torch
+
+        with torch.no_grad():  # no autograd graph to keep
+            return loop(*arguments, **static)
+
+    return run
 
 
 def _check_causal(block):
@@ -205,31 +350,6 @@ def _pad(prompts, pad_id):
                 f"{row} is {list(prompt)}"
             )
     return lengths, ids
-
-
-def _prompt_keys(seed, ids, lengths):
-    """Random keys `(B,)`: a function of the seed and each row's prompt."""
-    keys = _random.combine(ops.zeros((len(ids),), _random.key_dtype()), seed)
-    keys = _random.combine(keys, lengths)
-    for position in range(ids.shape[1]):
-        folded = _random.combine(keys, ids[:, position])
-        keys = ops.where(position < lengths, folded, keys)
-    return keys
-
-
-def _choose(logits, pad_id, top_k, temperature, keys, step):
-    """The next token of each row from its logits `(B, V)`."""
-    logits = logits.copy()
-    if pad_id is not None:
-        logits[:, pad_id] = -np.inf
-    if top_k is None:
-        return logits.argmax(axis=-1)
-    kth = -np.sort(-logits, axis=-1)[:, top_k - 1 : top_k]
-    logits = np.where(logits >= kth, logits / float(temperature), -np.inf)
-    # Gumbel-max: argmax(logits + Gumbel noise) samples softmax(logits).
-    draws = _random.uniform(_random.combine(keys, step), logits.shape[1])
-    draws = np.clip(ops.convert_to_numpy(draws), 2.0**-25, 1 - 2.0**-25)
-    return (logits - np.log(-np.log(draws))).argmax(axis=-1)
 
 
 def _until(row, end_id):
