@@ -73,7 +73,8 @@ def run_cli(*args, timeout=300):
 
 def serve_in_fresh_process(saved_model, signature, feed, imports=""):
     """Calls a SavedModel signature in a process that imports TensorFlow
-    (and `imports`) but never this package; returns its outputs as lists.
+    (and `imports`) but never this package; returns its outputs as lists
+    (strings as text).
 
     Args:
         saved_model: the version folder.
@@ -87,7 +88,8 @@ def serve_in_fresh_process(saved_model, signature, feed, imports=""):
         f".signatures[{signature!r}]\n"
         f"out = fn({feed})\n"
         "assert not any(m.startswith('keras_dynmask') for m in sys.modules)\n"
-        "print(json.dumps({k: v.numpy().tolist() for k, v in out.items()}))\n"
+        "out = {k: v.numpy().tolist() for k, v in out.items()}\n"
+        "print(json.dumps(out, default=lambda b: b.decode('utf-8')))\n"
     )
     run = _run([sys.executable, "-c", script], 300, log_level="3")
     assert run.returncode == 0, run.stderr[-2000:]

@@ -16,6 +16,8 @@ from tests.helpers import SIZES
 from tests.helpers import VOCABULARY
 from tests.helpers import padded_ids
 from tests.helpers import serve_in_fresh_process
+from tests.serving import serve_grpc
+from tests.serving import serve_rest
 
 
 def _models():
@@ -77,49 +79,12 @@ def test_saved_model_serves_in_a_process_without_this_package(exported):
     assert "name: serving_default_token_ids:0" in shown.stdout
 
 
-# A small test-side adapter that does what TF Serving does with a request:
-# find the signature, feed the named inputs, name the outputs.
-
-
-def _signature(loaded, name):
-    return loaded.signatures[name or "serving_default"]
-
-
-def serve_grpc(loaded, request):
-    from tensorflow_serving.apis import predict_pb2
-
-    fn = _signature(loaded, request.model_spec.signature_name)
-    feed = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
-    response = predict_pb2.PredictResponse()
-    for key, value in fn(**feed).items():
-        response.outputs[key].CopyFrom(tf.make_tensor_proto(value.numpy()))
-    return response
-
-
-def serve_rest(loaded, body):
-    body = json.loads(body)
-    fn = _signature(loaded, body.get("signature_name"))
-    if "instances" in body:  # row format: one object per example
-        rows = body["instances"]
-        feed = {k: np.array([row[k] for row in rows]) for k in rows[0]}
-        out = {k: v.numpy().tolist() for k, v in fn(**feed).items()}
-        keys = list(out)
-        return {
-            "predictions": [
-                {k: out[k][i] for k in keys} for i in range(len(rows))
-            ]
-        }
-    feed = {k: np.array(v) for k, v in body["inputs"].items()}
-    return {"outputs": {k: v.numpy().tolist() for k, v in fn(**feed).items()}}
-
-
 def test_the_serving_contract_with_requests_and_json(tmp_path):
     from tensorflow_serving.apis import predict_pb2
 
     keras.utils.set_random_seed(0)
     model = models.build_encoder(VOCABULARY, pattern="causal | prefix", **SIZES)
     saved = export.to_saved_model(model, tmp_path / "prefix_lm")
-    loaded = tf.saved_model.load(str(saved))
     ids = padded_ids([4, 6], 6).astype("int32")
     prefix = np.array([2, 3], "int32")
     want = np.asarray(model({"token_ids": ids, "prefix_length": prefix}))
@@ -129,7 +94,7 @@ def test_the_serving_contract_with_requests_and_json(tmp_path):
     request.model_spec.signature_name = "serving_default"
     request.inputs["token_ids"].CopyFrom(tf.make_tensor_proto(ids))
     request.inputs["prefix_length"].CopyFrom(tf.make_tensor_proto(prefix))
-    response = serve_grpc(loaded, request)
+    response = serve_grpc(saved, request)
     np.testing.assert_allclose(
         tf.make_ndarray(response.outputs["outputs"]), want, atol=1e-5
     )
@@ -143,7 +108,7 @@ def test_the_serving_contract_with_requests_and_json(tmp_path):
             ],
         }
     )
-    got = [p["outputs"] for p in serve_rest(loaded, rows)["predictions"]]
+    got = [p["outputs"] for p in serve_rest(saved, rows)["predictions"]]
     np.testing.assert_allclose(got, want, atol=1e-5)
     columns = json.dumps(
         {
@@ -153,7 +118,7 @@ def test_the_serving_contract_with_requests_and_json(tmp_path):
             }
         }
     )
-    got = serve_rest(loaded, columns)["outputs"]["outputs"]
+    got = serve_rest(saved, columns)["outputs"]["outputs"]
     np.testing.assert_allclose(got, want, atol=1e-5)
 
 

@@ -270,9 +270,24 @@ def _compiled_loop(model):
     if backend == "tensorflow":
         import tensorflow as tf
 
-        # XLA: one fused program per shape; about half the time per step
-        # of the plain graph on a CPU (measured in benchmarks/).
-        return tf.function(loop, reduce_retracing=True, jit_compile=True)
+        traced = {}
+
+        def run(*arguments, **static):
+            # One function per set of static values, each traced once for
+            # any shape (XLA still compiles once per shape): one function
+            # retraced for each would make TensorFlow warn of retracing.
+            key = tuple(sorted(static.items()))
+            if key not in traced:
+                # XLA: one fused program; about half the time per step of
+                # the plain graph on a CPU (measured in benchmarks/).
+                traced[key] = tf.function(
+                    lambda *arguments: loop(*arguments, **static),
+                    reduce_retracing=True,
+                    jit_compile=True,
+                )
+            return traced[key](*arguments)
+
+        return run
     if backend == "jax":
         import jax
 

@@ -30,6 +30,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_dynmask.models.causal_lm import CausalLM
+from keras_dynmask.tf.generation_export import GenerationModule
 from keras_dynmask.tf.quiet import held_back_stderr
 
 QUANTIZATIONS = (None, "dynamic_range", "float16", "int8")
@@ -96,7 +98,7 @@ def _archive(model, specs):
     return archive
 
 
-def to_saved_model(model, directory, version=None):
+def to_saved_model(model, directory, version=None, generation=None):
     """Writes a SavedModel into TF Serving's layout, `directory/VERSION/`.
 
     Its signature `serving_default` takes the model's inputs by name
@@ -106,11 +108,21 @@ def to_saved_model(model, directory, version=None):
     ops: it loads with `tf.saved_model.load` in a process that imports
     nothing else, and in a stock TF Serving.
 
+    A `CausalLM` also gets a `generate` signature: `token_ids` `(B, T)`
+    right-padded prompts in; `token_ids` `(B, max_new_tokens)` new ids
+    (the padding id after a row's `end_id`) and `lengths` `(B,)` out; the
+    scalar inputs `max_new_tokens`, `top_k` (`1` greedy, `0` no limit),
+    `top_p`, `temperature`, `seed` and `end_id` (`-1` none) have defaults
+    (`generation_export.DEFAULTS`). The same tokens as
+    `generation.generate`.
+
     Args:
         model: a Keras model whose inputs are token ids.
         directory: the model's folder (TF Serving's model base path);
             versions are numbered subfolders. Its parent must exist.
         version: int, or `None` for the next free number.
+        generation: dict overriding the `generate` signature's defaults
+            (a `CausalLM` only), e.g. `{"max_new_tokens": 64}`.
 
     Returns:
         The path of the written version folder. The folder appears whole
@@ -121,11 +133,25 @@ def to_saved_model(model, directory, version=None):
             a version folder given as `directory`, or a folder that cannot
             be written.
     """
-    specs = input_signature(model)
-    return _write_version(_archive(model, specs), directory, version)
+    if isinstance(model, CausalLM):
+        archive = GenerationModule(model, defaults=generation)
+    else:
+        _no_generation(model, generation)
+        archive = _archive(model, input_signature(model))
+    return _write_version(archive, directory, version)
 
 
-def to_text_saved_model(model, tokenizer, directory, version=None):
+def _no_generation(model, generation):
+    if generation is not None:
+        raise ValueError(
+            "generation settings are for a CausalLM, which gets a generate "
+            f"signature; received {type(model).__name__} {model.name!r}"
+        )
+
+
+def to_text_saved_model(
+    model, tokenizer, directory, version=None, generation=None
+):
     """Writes a SavedModel that takes raw text, into `directory/VERSION/`.
 
     Its `serving_default` takes `text` `(B,)` strings, tokenizes them in
@@ -136,16 +162,28 @@ def to_text_saved_model(model, tokenizer, directory, version=None):
     TF Serving build that links tensorflow-text's ops. The ids model from
     `to_saved_model` needs neither.
 
+    A `CausalLM` also gets a `generate` signature from text to text:
+    `text` `(B,)` prompts in (each `[CLS]` and its ids, no `[SEP]`); the
+    continuations' `text` `(B,)`, `token_ids` and `lengths` out; settings
+    as for `to_saved_model`, `end_id` defaulting to `[SEP]`.
+
     Args:
         model: a Keras model whose only input is `token_ids`.
         tokenizer: a `keras_dynmask.tf.tokenizer.WordPieceTokenizer`.
         directory: the text model's folder; versions are numbered
             subfolders. Its parent must exist.
         version: int, or `None` for the next free number.
+        generation: dict overriding the `generate` signature's defaults
+            (a `CausalLM` only).
 
     Returns:
         The path of the written version folder (whole or not at all).
     """
+    if isinstance(model, CausalLM):
+        defaults = {"end_id": tokenizer.sep_id, **(generation or {})}
+        archive = GenerationModule(model, tokenizer, defaults=defaults)
+        return _write_version(archive, directory, version)
+    _no_generation(model, generation)
     specs = input_signature(model)
     if list(specs) != ["token_ids"]:
         raise ValueError(

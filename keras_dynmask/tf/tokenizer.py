@@ -183,6 +183,39 @@ class WordPieceTokenizer:
         rows = tf.concat([cls, rows, sep], axis=1)
         return rows.to_tensor(default_value=self.pad_id)
 
+    def prompt_tensor(self, texts):
+        """Prompts for a language model as TensorFlow ops: `[CLS]` and the
+        ids of each text, no `[SEP]` (the model is to continue it).
+
+        Args:
+            texts: tf.string `(B,)`.
+
+        Returns:
+            int32 `(B, T)`, right-padded with `[PAD]`.
+        """
+        rows = self._tokenizer.tokenize(texts)
+        cls = tf.fill([rows.nrows(), 1], self.cls_id)
+        return tf.concat([cls, rows], axis=1).to_tensor(self.pad_id)
+
+    def decode_tensor(self, ids):
+        """`decode` as TensorFlow ops: readable text of each row of ids.
+
+        Args:
+            ids: int `(B, T)`.
+
+        Returns:
+            tf.string `(B,)`: the tokens but the special ones (`[MASK]`
+            stays), `##` pieces joined to their words.
+        """
+        ids = tf.convert_to_tensor(ids, tf.int32)
+        hidden = [i for i in self.special_ids if i != self.mask_id]
+        shown = tf.reduce_all(ids[..., None] != tf.constant(hidden), axis=-1)
+        words = tf.gather(tf.constant(self.vocabulary), ids)
+        text = tf.strings.reduce_join(
+            tf.ragged.boolean_mask(words, shown), axis=1, separator=" "
+        )
+        return tf.strings.regex_replace(text, " ##", "")
+
     def decode(self, ids):
         """Readable text of ids, `##` pieces joined to their words."""
         words = []

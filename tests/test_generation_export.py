@@ -1,0 +1,242 @@
+"""Generation in exported models: the SavedModel's `generate` signature."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_dynmask import models
+from keras_dynmask.models import generation
+from keras_dynmask.tf import export
+from keras_dynmask.tf.tokenizer import SPECIAL_TOKENS
+from keras_dynmask.tf.tokenizer import WordPieceTokenizer
+from tests.helpers import SIZES
+from tests.helpers import VOCABULARY
+from tests.helpers import serve_in_fresh_process
+from tests.serving import serve_grpc
+from tests.serving import serve_rest
+
+pytestmark = pytest.mark.tensorflow_only
+
+PROMPTS = [[5, 6, 7], [8], [9, 10, 11, 12, 13, 3], [4, 4]]
+WORDS = "the list of values is returned by this function and a new file".split()
+
+
+def _padded(prompts):
+    ids = np.zeros((len(prompts), max(map(len, prompts))), "int32")
+    for row, prompt in enumerate(prompts):
+        ids[row, : len(prompt)] = prompt
+    return ids
+
+
+def _rows(tokens, lengths):
+    rows = np.asarray(tokens).tolist()
+    return [row[:n] for row, n in zip(rows, lengths, strict=True)]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    keras.utils.set_random_seed(3)
+    model = models.build_causal_lm(VOCABULARY, **SIZES)
+    folder = tmp_path_factory.mktemp("generation") / "lm"
+    saved = export.to_saved_model(model, folder)
+    return model, saved, tf.saved_model.load(str(saved))
+
+
+SETTINGS = [
+    {"max_new_tokens": 7},
+    {"max_new_tokens": 9, "top_k": 5, "seed": 11},
+    {"max_new_tokens": 6, "top_k": 0, "top_p": 0.8, "temperature": 0.7},
+    {"max_new_tokens": 8, "top_k": 10, "top_p": 0.9, "seed": 2},
+]
+
+
+def _python_settings(settings):
+    """The `generation.generate` keywords of a request's settings."""
+    out = {"max_new_tokens": settings["max_new_tokens"]}
+    if settings.get("top_k", 1) != 1 or "top_p" in settings:
+        out["top_k"] = settings.get("top_k") or None
+        out["top_p"] = settings.get("top_p")
+        out["temperature"] = settings.get("temperature", 1.0)
+        out["seed"] = settings.get("seed", 0)
+    return out
+
+
+@pytest.mark.parametrize("settings", SETTINGS)
+def test_generate_signature_gives_the_tokens_of_keras(exported, settings):
+    model, _, loaded = exported
+    want = generation.generate(model, PROMPTS, **_python_settings(settings))
+    generate = loaded.signatures["generate"]
+    feed = {
+        "token_ids": tf.constant(_padded(PROMPTS)),
+        "max_new_tokens": tf.constant(settings["max_new_tokens"]),
+        "top_k": tf.constant(settings.get("top_k", 1)),
+        "top_p": tf.constant(float(settings.get("top_p", 1.0))),
+        "temperature": tf.constant(float(settings.get("temperature", 1.0))),
+        "seed": tf.constant(settings.get("seed", 0), tf.int64),
+        "end_id": tf.constant(-1),
+    }
+    out = generate(**feed)
+    assert _rows(out["token_ids"], out["lengths"].numpy()) == want
+
+
+def test_generate_stops_rows_at_the_end_id_and_pads_after(exported):
+    model, _, loaded = exported
+    free = generation.generate(model, PROMPTS, 8, top_k=4, seed=5)
+    end_id = free[0][2]
+    want = generation.generate(
+        model, PROMPTS, 8, top_k=4, seed=5, end_id=end_id
+    )
+    got = loaded.generate(
+        tf.constant(_padded(PROMPTS)),
+        max_new_tokens=tf.constant(8),
+        top_k=tf.constant(4),
+        seed=tf.constant(5, tf.int64),
+        end_id=tf.constant(end_id),
+    )
+    tokens, lengths = got["token_ids"].numpy(), got["lengths"].numpy()
+    assert _rows(tokens, lengths) == want
+    for row, n in enumerate(lengths):
+        assert (tokens[row, n:] == 0).all()
+
+
+def test_generate_through_requests_and_json_with_defaults(exported):
+    """TF Serving's three request forms; the settings a request leaves out
+    take the signature's defaults (greedy, 32 new tokens)."""
+    from tensorflow_serving.apis import predict_pb2
+
+    model, saved, _ = exported
+    ids = _padded(PROMPTS)
+    greedy = generation.generate(model, PROMPTS, 32)
+    sampled = generation.generate(model, PROMPTS, 5, top_k=3, seed=9)
+
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "lm"
+    request.model_spec.signature_name = "generate"
+    request.inputs["token_ids"].CopyFrom(tf.make_tensor_proto(ids))
+    request.inputs["max_new_tokens"].CopyFrom(tf.make_tensor_proto(5))
+    request.inputs["top_k"].CopyFrom(tf.make_tensor_proto(3))
+    request.inputs["seed"].CopyFrom(tf.make_tensor_proto(9, tf.int64))
+    response = serve_grpc(saved, request)
+    tokens = tf.make_ndarray(response.outputs["token_ids"])
+    lengths = tf.make_ndarray(response.outputs["lengths"])
+    assert _rows(tokens, lengths) == sampled
+
+    rows = json.dumps(
+        {
+            "signature_name": "generate",
+            "instances": [{"token_ids": row} for row in ids.tolist()],
+        }
+    )
+    answer = serve_rest(saved, rows)["predictions"]
+    assert [p["token_ids"][: p["lengths"]] for p in answer] == greedy
+
+    columns = json.dumps(
+        {
+            "signature_name": "generate",
+            "inputs": {
+                "token_ids": ids.tolist(),
+                "max_new_tokens": 5,
+                "top_k": 3,
+                "seed": 9,
+            },
+        }
+    )
+    answer = serve_rest(saved, columns)["outputs"]
+    assert _rows(answer["token_ids"], answer["lengths"]) == sampled
+
+
+def test_generate_in_a_process_without_this_package(exported):
+    model, saved, _ = exported
+    want = generation.generate(model, PROMPTS, 4, top_k=6, seed=1)
+    feed = (
+        f"token_ids=tf.constant({_padded(PROMPTS).tolist()}), "
+        "max_new_tokens=tf.constant(4), top_k=tf.constant(6), "
+        "top_p=tf.constant(1.0), temperature=tf.constant(1.0), "
+        "seed=tf.constant(1, tf.int64), end_id=tf.constant(-1)"
+    )
+    got = serve_in_fresh_process(saved, "generate", feed)
+    assert _rows(got["token_ids"], got["lengths"]) == want
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"top_p": 0.0}, "top_p must be in"),
+        ({"top_k": VOCABULARY + 1}, "top_k must be from 0"),
+        ({"max_new_tokens": 0}, "max_new_tokens must be > 0"),
+        ({"temperature": -1.0}, "temperature must be > 0"),
+    ],
+)
+def test_bad_settings_are_named(exported, settings, message):
+    _, _, loaded = exported
+    feed = {k: tf.constant(v) for k, v in settings.items()}
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+        loaded.generate(tf.constant(_padded(PROMPTS)), **feed)
+
+
+@pytest.mark.parametrize(
+    ("ids", "message"),
+    [
+        ([[0, 5, 6]], "right-padded"),
+        ([[5, 0, 6]], "right-padded"),
+        ([[5, 6], [0, 0]], "every prompt needs a token"),
+    ],
+)
+def test_bad_prompts_are_named(exported, ids, message):
+    _, _, loaded = exported
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+        loaded.generate(tf.constant(ids, tf.int32))
+
+
+def test_generation_settings_are_for_causal_lms_only(tmp_path):
+    encoder = models.build_encoder(VOCABULARY, **SIZES)
+    with pytest.raises(ValueError, match="generation settings are for"):
+        export.to_saved_model(
+            encoder, tmp_path / "encoder", generation={"top_k": 3}
+        )
+    keras.utils.set_random_seed(0)
+    lm = models.build_causal_lm(VOCABULARY, **SIZES)
+    with pytest.raises(ValueError, match="Unknown generation settings"):
+        export.to_saved_model(lm, tmp_path / "lm", generation={"top": 3})
+
+
+def test_text_in_text_out(tmp_path):
+    tokenizer = WordPieceTokenizer([*SPECIAL_TOKENS, *WORDS, "##s"])
+    keras.utils.set_random_seed(4)
+    model = models.build_causal_lm(tokenizer.vocabulary_size, **SIZES)
+    texts = ["the list", "a new file is returned by", "values"]
+    prompts = [
+        [tokenizer.cls_id, *row] for row in tokenizer.tokenize(texts).to_list()
+    ]
+    want = generation.generate(
+        model, prompts, 6, top_k=5, seed=2, end_id=tokenizer.sep_id
+    )
+    saved = export.to_text_saved_model(
+        model,
+        tokenizer,
+        tmp_path / "text_lm",
+        generation={"max_new_tokens": 6, "top_k": 5, "seed": 2},
+    )
+    rows = json.dumps(
+        {
+            "signature_name": "generate",
+            "instances": [{"text": text} for text in texts],
+        }
+    )
+    answer = serve_rest(saved, rows)["predictions"]
+    assert [p["token_ids"][: p["lengths"]] for p in answer] == want
+    assert [p["text"] for p in answer] == [tokenizer.decode(r) for r in want]
+    # A client with TensorFlow and tensorflow-text only.
+    got = serve_in_fresh_process(
+        saved,
+        "generate",
+        f"text=tf.constant({texts}), max_new_tokens=tf.constant(6), "
+        "top_k=tf.constant(5), top_p=tf.constant(1.0), "
+        "temperature=tf.constant(1.0), seed=tf.constant(2, tf.int64), "
+        f"end_id=tf.constant({tokenizer.sep_id})",
+        imports=", tensorflow_text",
+    )
+    assert got["text"] == [tokenizer.decode(row) for row in want]
