@@ -240,3 +240,118 @@ def test_text_in_text_out(tmp_path):
         imports=", tensorflow_text",
     )
     assert got["text"] == [tokenizer.decode(row) for row in want]
+
+
+# TFLite: prefill and decode signatures, and the driver an app would port.
+
+
+@pytest.fixture(scope="module")
+def tflite(tmp_path_factory, exported):
+    model = exported[0]
+    folder = tmp_path_factory.mktemp("tflite")
+    path = export.to_tflite(model, folder / "lm.tflite", max_length=24)
+    return model, path
+
+
+@pytest.mark.parametrize("prompts", [PROMPTS, PROMPTS[1:2], [[7] * 13, [9]]])
+def test_tflite_greedy_gives_the_tokens_and_logits_of_keras(tflite, prompts):
+    model, path = tflite
+    want, want_logits = generation.generate(
+        model, prompts, 8, return_logits=True
+    )
+    generator = export.TFLiteGenerator(path)
+    assert generator.generate(prompts, 8) == want
+    # Step by step through the signatures, feeding Keras' tokens.
+    lengths = np.array([len(p) for p in prompts], "int32")
+    logits, caches = generator.prefill(_padded(prompts), lengths)
+    tokens = np.array(want, "int32")
+    for step in range(8):
+        np.testing.assert_allclose(logits, want_logits[:, step], atol=1e-4)
+        logits, caches = generator.decode(
+            tokens[:, step], lengths + step, caches
+        )
+
+
+def test_tflite_file_has_three_builtin_signatures(tflite):
+    from ai_edge_litert.interpreter import Interpreter
+
+    model, path = tflite
+    signatures = Interpreter(model_path=str(path)).get_signature_list()
+    assert set(signatures) == {"serving_default", "prefill", "decode"}
+    caches = [f"cache_{i}" for i in range(SIZES["num_layers"])]
+    assert sorted(signatures["decode"]["inputs"]) == sorted(
+        [*caches, "positions", "token_ids"]
+    )
+    assert sorted(signatures["decode"]["outputs"]) == sorted(
+        [*caches, "logits"]
+    )
+    ids = _padded(PROMPTS)
+    assert export.parity(model, ids, tflite=path)["tflite"] <= 1e-4
+
+
+def test_tflite_refuses_prompts_past_its_maximum(tflite):
+    _, path = tflite
+    generator = export.TFLiteGenerator(path)
+    assert generator.max_length == 24
+    assert len(generator.generate([[5] * 20], 4)[0]) == 4  # exactly full
+    with pytest.raises(ValueError, match="max_length=24"):
+        generator.generate([[5] * 20, [6]], 5)
+    with pytest.raises(ValueError, match="max_length=24"):
+        generator.generate([[5] * 30], 1)
+
+
+def test_tflite_sampling_is_seeded_and_keeps_to_the_top_k(tflite):
+    model, path = tflite
+    generator = export.TFLiteGenerator(path)
+    first = generator.generate(PROMPTS, 8, top_k=3, seed=4)
+    assert first == generator.generate(PROMPTS, 8, top_k=3, seed=4)
+    assert first != generator.generate(PROMPTS, 8, top_k=3, seed=5)
+    # Each draw is among the top 3 of Keras' logits for the same text.
+    for prompt, continuation in zip(PROMPTS, first, strict=True):
+        text = np.array([prompt + continuation], "int32")
+        logits = np.array(model(text))[0, len(prompt) - 1 : -1]
+        logits[:, 0] = -np.inf
+        top = np.argsort(-logits, axis=-1)[:, :3]
+        assert (top == np.array(continuation)[:, None]).any(axis=1).all()
+
+
+def test_tflite_end_id_stops_each_row(tflite):
+    model, path = tflite
+    free = generation.generate(model, PROMPTS, 8)
+    end_id = free[2][1]
+    want = generation.generate(model, PROMPTS, 8, end_id=end_id)
+    generator = export.TFLiteGenerator(path)
+    assert generator.generate(PROMPTS, 8, end_id=end_id) == want
+
+
+def test_tflite_generation_settings_are_checked(tmp_path, exported):
+    model = exported[0]
+    with pytest.raises(ValueError, match="'dynamic_range'"):
+        export.to_tflite(model, tmp_path / "lm.tflite", quantization="int8")
+    encoder = models.build_encoder(VOCABULARY, **SIZES)
+    with pytest.raises(ValueError, match="max_length is the key/value"):
+        export.to_tflite(encoder, tmp_path / "encoder.tflite", max_length=8)
+    path = export.to_tflite(encoder, tmp_path / "encoder.tflite")
+    with pytest.raises(ValueError, match="no prefill and decode"):
+        export.TFLiteGenerator(path)
+
+
+def test_dynamic_range_tflite_generates(tmp_path):
+    """int8 weights: a smaller file, logits near float32's. (The converter
+    keeps tensors under 1,024 values in float32: a wider model.)"""
+    keras.utils.set_random_seed(6)
+    sizes = {**SIZES, "hidden_dim": 64, "intermediate_dim": 128}
+    model = models.build_causal_lm(VOCABULARY, **sizes)
+    plain = export.to_tflite(model, tmp_path / "lm.tflite", max_length=24)
+    small = export.to_tflite(
+        model,
+        tmp_path / "lm_int8.tflite",
+        quantization="dynamic_range",
+        max_length=24,
+    )
+    assert small.stat().st_size < plain.stat().st_size
+    lengths = np.array([len(p) for p in PROMPTS], "int32")
+    want, _ = export.TFLiteGenerator(plain).prefill(_padded(PROMPTS), lengths)
+    got, _ = export.TFLiteGenerator(small).prefill(_padded(PROMPTS), lengths)
+    assert np.abs(got - want).max() < 0.1 * np.abs(want).max()
+    assert len(export.TFLiteGenerator(small).generate(PROMPTS, 5)) == 4

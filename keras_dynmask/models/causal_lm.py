@@ -146,12 +146,16 @@ class CausalLM(keras.Model):
 
         Args:
             token_ids: int `(B, T)`.
-            cache: from `init_cache` (or a previous call).
+            cache: from `init_cache` (or a previous call); or a list of
+                each block's cache `(B, 2, max_length, num_heads, key_dim)`
+                (no tensor of more than 5 dimensions: what TFLite's
+                builtins take).
             cache_index: int, or int `(B,)` for rows at different
                 positions.
 
         Returns:
-            `(logits (B, T, vocabulary_size), updated cache)`.
+            `(logits (B, T, vocabulary_size), updated cache)`, the cache in
+            the form it was given.
         """
         if self.pattern.required_inputs():
             raise ValueError(
@@ -159,15 +163,19 @@ class CausalLM(keras.Model):
                 f"this model's pattern {str(self.pattern)!r} reads "
                 f"{sorted(self.pattern.required_inputs())}"
             )
+        per_block = isinstance(cache, (list, tuple))
         x = self.token_embedding(token_ids, offset=cache_index)
         updated = []
         for index, block in enumerate(self.transformer_blocks):
             x, block_cache = block(
-                x, cache=cache[:, index], cache_index=cache_index
+                x,
+                cache=cache[index] if per_block else cache[:, index],
+                cache_index=cache_index,
             )
             updated.append(block_cache)
         x = self.final_norm(x)
-        return self.token_embedding(x, reverse=True), ops.stack(updated, 1)
+        logits = self.token_embedding(x, reverse=True)
+        return logits, updated if per_block else ops.stack(updated, 1)
 
     def get_config(self):
         return {"name": self.name, "trainable": self.trainable, **self._config}

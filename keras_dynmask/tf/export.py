@@ -30,9 +30,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_dynmask.core._checks import check_int
 from keras_dynmask.models.causal_lm import CausalLM
 from keras_dynmask.tf.generation_export import GenerationModule
 from keras_dynmask.tf.quiet import held_back_stderr
+from keras_dynmask.tf.tflite_generation import TFLiteGenerator  # noqa: F401
+from keras_dynmask.tf.tflite_generation import tflite_signatures
 
 QUANTIZATIONS = (None, "dynamic_range", "float16", "int8")
 
@@ -257,8 +260,16 @@ def latest_version(directory):
     return max(versions, key=lambda p: int(p.name), default=None)
 
 
-def to_tflite(model, path, quantization=None, representative_data=None):
+def to_tflite(
+    model, path, quantization=None, representative_data=None, max_length=None
+):
     """Converts a model to a TFLite file with TFLite builtin ops only.
+
+    Its `serving_default` signature takes the model's inputs by name, any
+    batch size and length. A `CausalLM` also gets `prefill` and `decode`
+    signatures, generation with the key/value cache as explicit inputs and
+    outputs of `max_length` positions (see `tflite_generation`;
+    `TFLiteGenerator` runs the loop).
 
     Args:
         model: a Keras model whose inputs are token ids.
@@ -268,6 +279,8 @@ def to_tflite(model, path, quantization=None, representative_data=None):
             activations, calibrated on `representative_data`).
         representative_data: for `"int8"`: a list of input batches (arrays,
             or dicts of arrays keyed by input name).
+        max_length: int, for a `CausalLM`: the cache's positions, prompt
+            and new tokens together. Defaults to `256`.
 
     Returns:
         The path written. The file appears whole or not at all.
@@ -286,6 +299,23 @@ def to_tflite(model, path, quantization=None, representative_data=None):
     if path.suffix != ".tflite":
         raise ValueError(f"path must end with .tflite, received {str(path)!r}")
     specs = input_signature(model)
+    generating = isinstance(model, CausalLM)
+    if generating:
+        max_length = check_int(
+            "max_length", 256 if max_length is None else max_length, minimum=1
+        )
+        if quantization == "int8":
+            raise ValueError(
+                "quantization='int8' calibrates one signature; a CausalLM's "
+                "file has three (serving_default, prefill, decode): use "
+                "'dynamic_range' (int8 weights) or 'float16'"
+            )
+    elif max_length is not None:
+        raise ValueError(
+            "max_length is the key/value cache of a CausalLM's prefill and "
+            f"decode signatures; received max_length={max_length!r} for "
+            f"{type(model).__name__} {model.name!r}"
+        )
     if quantization == "int8":
         calibration = _representative(specs, representative_data)
     if not path.parent.is_dir():
@@ -295,9 +325,14 @@ def to_tflite(model, path, quantization=None, representative_data=None):
         )
     _make_folder(path.parent)
     with tempfile.TemporaryDirectory(dir=path.parent) as staging:
-        _archive(model, specs).write_out(staging, verbose=False)
+        if generating:
+            module, signatures = tflite_signatures(model, max_length)
+            tf.saved_model.save(module, staging, signatures=signatures)
+        else:
+            signatures = {"serving_default": None}
+            _archive(model, specs).write_out(staging, verbose=False)
         converter = tf.lite.TFLiteConverter.from_saved_model(
-            staging, signature_keys=["serving_default"]
+            staging, signature_keys=list(signatures)
         )
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
         if quantization is not None:
@@ -416,7 +451,8 @@ def tflite_runner(path):
     from ai_edge_litert.interpreter import Interpreter
 
     with held_back_stderr():
-        runner = Interpreter(model_path=str(path)).get_signature_runner()
+        interpreter = Interpreter(model_path=str(path))
+        runner = interpreter.get_signature_runner("serving_default")
 
     def run(**inputs):
         with held_back_stderr():
