@@ -213,7 +213,7 @@ def test_compiled_generation_stops_each_row_at_its_end_id():
 
 def test_decode_pads_after_the_end_and_counts_the_new_tokens():
     model = shared_lm()
-    lengths, ids = generation._pad(PROMPTS, 0)
+    lengths, ids = generation.pad_prompts(PROMPTS, 0)
     free = decoding.decode(model, ids, lengths, 7)
     end_id = int(free["tokens"][2, 2])
     out = decoding.decode(model, ids, lengths, 7, end_id=end_id)

@@ -30,6 +30,7 @@ def _parser():
     _add_fill_mask(commands)
     _add_export(commands)
     _add_predict(commands)
+    _add_generate(commands)
     return parser
 
 
@@ -134,6 +135,12 @@ def _add_export(commands):
         help="TFLite quantization (default: none, float32)",
     )
     exporter.add_argument(
+        "--max-length",
+        type=int,
+        help="a causal LM's TFLite prefill/decode cache: positions of prompt "
+        "and new tokens together (default: 256)",
+    )
+    exporter.add_argument(
         "--vocabulary",
         help="vocabulary.txt: adds the raw-text SavedModel and calibrates "
         "int8 on text (default: beside the model, if any)",
@@ -169,6 +176,58 @@ def _add_predict(commands):
         action="store_true",
         help='print raw outputs instead: {"token_ids": [[...]], "outputs": '
         "{name: nested lists, batch first}}",
+    )
+
+
+def _add_generate(commands):
+    generate = commands.add_parser(
+        "generate",
+        help="continue prompts with a causal LM (.keras, SavedModel, TFLite)",
+        description="Continues each prompt with a causal language model: a "
+        ".keras file (compiled generation), a SavedModel (its generate "
+        "signature, as TF Serving runs it; a model folder loads its latest "
+        "version) or a .tflite file (its prefill and decode signatures, as "
+        "an app runs them). Greedy unless --top-k or --top-p; with a "
+        "vocabulary, text prompts, and rows stop at [SEP]. .keras and "
+        "SavedModel give the same tokens; TFLite the same greedy tokens, "
+        "its samples drawn by numpy.",
+    )
+    generate.add_argument(
+        "model",
+        help="a .keras file, a SavedModel (version folder or the folder "
+        "above) or a .tflite file",
+    )
+    generate.add_argument("prompts", nargs="*", help="texts to continue")
+    generate.add_argument(
+        "--ids", type=_int_list, help="one prompt as token ids: 2,45,17"
+    )
+    generate.add_argument(
+        "--max-new-tokens", type=int, default=32, help="(default: 32)"
+    )
+    generate.add_argument(
+        "--top-k", type=int, help="sample among the k most likely tokens"
+    )
+    generate.add_argument(
+        "--top-p",
+        type=float,
+        help="sample among the most likely tokens whose probabilities reach p",
+    )
+    generate.add_argument(
+        "--temperature", type=float, default=1.0, help="(default: 1.0)"
+    )
+    generate.add_argument("--seed", type=int, default=0, help="(default: 0)")
+    generate.add_argument(
+        "--end-id",
+        type=int,
+        help="a row stops after this id (default: [SEP] with a vocabulary)",
+    )
+    generate.add_argument(
+        "--vocabulary", help="vocabulary.txt (default: found beside)"
+    )
+    generate.add_argument(
+        "--json",
+        action="store_true",
+        help='print {"prompts": [[ids]], "new_token_ids": [[ids]]}',
     )
 
 
@@ -292,6 +351,10 @@ def _run(args, parser):
         from keras_dynmask.app.serving_cli import run_predict
 
         run_predict(args)
+    elif args.command == "generate":
+        from keras_dynmask.app.generate_cli import run_generate
+
+        run_generate(args)
 
 
 if __name__ == "__main__":

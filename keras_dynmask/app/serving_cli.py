@@ -74,6 +74,7 @@ def run_export(args):
             args.tflite,
             quantization=args.quantization,
             representative_data=[sample],
+            max_length=args.max_length,
         )
         print(f"TFLite: {tflite} ({tflite.stat().st_size:,} bytes)")
     gaps = export.parity(model, sample, saved_model=saved, tflite=tflite)

@@ -81,7 +81,7 @@ def generate(
     parts = _parts(model)
     for block in parts.blocks:  # each call: a window may have been widened
         _check_causal(block)
-    lengths, ids = _pad(prompts, parts.pad_id)
+    lengths, ids = pad_prompts(prompts, parts.pad_id)
     max_new_tokens = check_int("max_new_tokens", max_new_tokens, minimum=1)
     sampling = _sampling(parts, top_k, top_p, temperature)
     if end_id is not None:
@@ -341,8 +341,9 @@ def _check_causal(block):
         )
 
 
-def _pad(prompts, pad_id):
-    """Lengths `(B,)` and right-padded ids `(B, max length)`."""
+def pad_prompts(prompts, pad_id):
+    """Lengths `(B,)` and right-padded ids `(B, max length)` of a list of
+    prompts (checked: non-empty, without the padding id)."""
     if isinstance(prompts, np.ndarray) or not isinstance(
         prompts, (list, tuple)
     ):

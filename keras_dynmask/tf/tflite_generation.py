@@ -29,6 +29,7 @@ import tensorflow as tf
 
 from keras_dynmask.core._checks import check_int
 from keras_dynmask.models import decoding
+from keras_dynmask.models import generation
 from keras_dynmask.tf.quiet import held_back_stderr
 
 
@@ -168,7 +169,7 @@ class TFLiteGenerator:
                 file's `max_length` (nothing is cut), or bad settings.
         """
         max_new_tokens = check_int("max_new_tokens", max_new_tokens, minimum=1)
-        lengths, ids = _padded(prompts, self.pad_id)
+        lengths, ids = generation.pad_prompts(prompts, self.pad_id)
         longest = int(lengths.max())
         if longest + max_new_tokens > self.max_length:
             raise ValueError(
@@ -198,19 +199,6 @@ class TFLiteGenerator:
             row[: row.index(end_id) + 1] if end_id in row else row
             for row in rows
         ]
-
-
-def _padded(prompts, pad_id):
-    if not prompts or any(len(prompt) == 0 for prompt in prompts):
-        raise ValueError(
-            "prompts must be non-empty lists of token ids, received "
-            f"{prompts!r}"
-        )
-    lengths = np.array([len(prompt) for prompt in prompts], "int32")
-    ids = np.full((len(prompts), lengths.max()), pad_id, "int32")
-    for row, prompt in enumerate(prompts):
-        ids[row, : len(prompt)] = prompt
-    return lengths, ids
 
 
 def _chooser(pad_id, top_k, top_p, temperature, rng):

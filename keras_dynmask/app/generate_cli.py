@@ -1,0 +1,130 @@
+"""The `generate` command of `keras-dynmask`: continue prompts with a causal
+LM from a `.keras` file, a SavedModel (its `generate` signature) or a
+`.tflite` file (its `prefill` and `decode` signatures)."""
+
+import json
+import pathlib
+
+from keras_dynmask.app.serving_cli import _load_keras
+from keras_dynmask.app.serving_cli import _vocabulary
+
+
+def run_generate(args):
+    artifact = _artifact(args.model)
+    tokenizer = None
+    vocabulary = _vocabulary(args.vocabulary, artifact)
+    if vocabulary is not None:
+        from keras_dynmask.tf.tokenizer import WordPieceTokenizer
+
+        tokenizer = WordPieceTokenizer.load(vocabulary)
+    if args.prompts and tokenizer is None:
+        raise ValueError(
+            "Text prompts need the model's vocabulary.txt: none was found "
+            f"beside {str(artifact)!r}; pass --vocabulary, or --ids"
+        )
+    if not args.prompts and not args.ids:
+        raise ValueError("Nothing to continue: pass prompts or --ids")
+    prompts = [list(args.ids)] if args.ids else _encoded(tokenizer, args)
+    end_id = args.end_id
+    if end_id is None and tokenizer is not None:
+        end_id = tokenizer.sep_id
+    settings = {
+        "max_new_tokens": args.max_new_tokens,
+        "top_k": args.top_k,
+        "top_p": args.top_p,
+        "temperature": args.temperature,
+        "seed": args.seed,
+        "end_id": end_id,
+    }
+    continuations = _continue(artifact, prompts, settings)
+    if args.json:
+        print(json.dumps({"prompts": prompts, "new_token_ids": continuations}))
+        return
+    shown = args.prompts or [",".join(map(str, args.ids))]
+    for text, new in zip(shown, continuations, strict=True):
+        if tokenizer is None:
+            print(f"{text} | {','.join(map(str, new))}")
+        else:
+            print(f"{text} | {tokenizer.decode(new)}")
+
+
+def _artifact(path):
+    """The file or SavedModel version folder that `path` names."""
+    from keras_dynmask.tf import export
+
+    artifact = pathlib.Path(path)
+    if not artifact.exists():
+        raise ValueError(f"No SavedModel, TFLite or .keras file at {path!r}")
+    if artifact.is_dir():
+        version = export.latest_version(artifact)
+        if version is None:
+            raise ValueError(
+                f"No SavedModel in {path!r}: it has no saved_model.pb and "
+                "no numbered version folder"
+            )
+        return version
+    if artifact.suffix not in (".tflite", ".keras"):
+        raise ValueError(
+            f"{path!r} is not a SavedModel folder, a .tflite file or a "
+            ".keras file"
+        )
+    return artifact
+
+
+def _encoded(tokenizer, args):
+    """`[CLS]` and each prompt's ids, no `[SEP]` (it is to be continued)."""
+    rows = tokenizer.tokenize(args.prompts).to_list()
+    return [[tokenizer.cls_id, *row] for row in rows]
+
+
+def _continue(artifact, prompts, settings):
+    """Each prompt's new token ids, from whichever artifact."""
+    if artifact.suffix == ".keras":
+        from keras_dynmask.models import generation
+
+        model = _load_keras(artifact)
+        return generation.generate(model, prompts, **settings)
+    if artifact.suffix == ".tflite":
+        from keras_dynmask.tf import export
+
+        return export.TFLiteGenerator(artifact).generate(prompts, **settings)
+    return _saved_model(artifact, prompts, settings)
+
+
+def _saved_model(artifact, prompts, settings):
+    """Through the SavedModel's `generate` signature, as a TF Serving
+    client would call it (ids, padded; greedy is `top_k=1`)."""
+    import tensorflow as tf
+
+    from keras_dynmask.models.generation import pad_prompts
+
+    loaded = tf.saved_model.load(str(artifact))
+    if "generate" not in loaded.signatures:
+        raise ValueError(
+            f"The SavedModel {str(artifact)!r} has no generate signature: "
+            "export a causal LM (keras-dynmask export MODEL.keras "
+            "--saved-model DIR)"
+        )
+    generate = loaded.signatures["generate"]
+    if "token_ids" not in generate.structured_input_signature[1]:
+        raise ValueError(
+            f"{str(artifact)!r} takes text: pass the ids model's folder "
+            "(the one above text/)"
+        )
+    _, ids = pad_prompts(prompts, 0)
+    sampled = settings["top_k"] is not None or settings["top_p"] is not None
+    out = generate(
+        token_ids=tf.constant(ids),
+        max_new_tokens=tf.constant(settings["max_new_tokens"]),
+        top_k=tf.constant((settings["top_k"] or 0) if sampled else 1),
+        top_p=tf.constant(float(settings["top_p"] or 1.0)),
+        temperature=tf.constant(float(settings["temperature"])),
+        seed=tf.constant(settings["seed"], tf.int64),
+        end_id=tf.constant(_or(settings["end_id"], -1)),
+    )
+    tokens, lengths = out["token_ids"].numpy(), out["lengths"].numpy()
+    return [row[:n].tolist() for row, n in zip(tokens, lengths, strict=True)]
+
+
+def _or(value, default):
+    return default if value is None else value
