@@ -11,9 +11,18 @@ TensorFlow:
   prefill and a traced one-token step called from Python, with the
   sampling in between.
 
-Both give the same tokens (checked). Median of interleaved rounds after
-warm-up (which includes the compilation).
+Both give the same tokens (checked). Then, B = 1: TFLite's `decode` (the
+`TFLiteGenerator` loop over `prefill` and `decode`, XNNPACK, float32 and
+dynamic-range int8 weights) against compiled Keras, per new token. Median
+of interleaved rounds after warm-up (which includes the compilation).
+
+Last, with the causal LM `examples/text_generation.py` trains and saves
+(saved_models/text_generation), next-token accuracy on held-out text of
+Keras, TFLite float32 and dynamic-range int8.
 """
+
+import pathlib
+import tempfile
 
 import numpy as np
 
@@ -21,6 +30,7 @@ import keras_dynmask as kd
 from benchmarks import targets
 from benchmarks.timing import interleaved_medians
 from keras_dynmask.models import generation
+from keras_dynmask.tf import export
 
 VOCABULARY = 8000
 PROMPT_LENGTHS = (5, 9, 14, 20, 27, 32)
@@ -81,4 +91,120 @@ def run(quick=False):
             f"| {name} | {value * 1e3:.0f} | {ms_per_token[name]:.2f} | "
             f"{seconds['step by step'] / value:.2f} |"
         )
+    lines += [""] + _tflite_speed(model, prompts[-1], quick)
+    lines += [""] + _quantized_accuracy()
     return lines
+
+
+def _tflite_speed(model, prompt, quick):
+    """TFLite `decode` per token against compiled Keras, B = 1."""
+    repeats, warmup = (5, 1) if quick else (15, 2)
+    greedy = generation.generate(model, [prompt], NEW_TOKENS)
+    functions = {
+        "Keras compiled": lambda: generation.generate(
+            model, [prompt], NEW_TOKENS
+        )
+    }
+    with tempfile.TemporaryDirectory() as folder:
+        for quantization in (None, "dynamic_range"):
+            path = export.to_tflite(
+                model,
+                pathlib.Path(folder) / f"{quantization}.tflite",
+                quantization=quantization,
+                max_length=len(prompt) + NEW_TOKENS,
+            )
+            generator = export.TFLiteGenerator(path)
+            name = f"TFLite {quantization or 'float32'}"
+            if quantization is None:
+                tokens = generator.generate([prompt], NEW_TOKENS)
+                if tokens != greedy:
+                    raise AssertionError("TFLite and Keras tokens differ")
+            functions[name] = lambda generator=generator: generator.generate(
+                [prompt], NEW_TOKENS
+            )
+        seconds = interleaved_medians(functions, repeats, warmup)
+    base = seconds["Keras compiled"]
+    targets.record(
+        f"TFLite decode per token vs compiled Keras, B = 1, prompt "
+        f"{len(prompt)} + {NEW_TOKENS} tokens",
+        f"{seconds['TFLite float32'] * 1e3 / NEW_TOKENS:.2f} ms / token",
+        f"{seconds['TFLite float32'] / base:.2f}x its time "
+        f"(dynamic-range {seconds['TFLite dynamic_range'] / base:.2f}x)",
+        "<= 1.0x",
+    )
+    lines = [
+        f"### Generation at B = 1, {len(prompt)}-token prompt, {NEW_TOKENS} "
+        f"new tokens, greedy (median of {repeats}, {warmup} warm-up)",
+        "",
+        "| runtime | ms / new token | x Keras compiled time |",
+        "|---|---:|---:|",
+    ]
+    for name, value in seconds.items():
+        lines.append(
+            f"| {name} | {value * 1e3 / NEW_TOKENS:.2f} | {value / base:.2f} |"
+        )
+    return lines
+
+
+def _quantized_accuracy(model_dir="saved_models/text_generation"):
+    """Held-out next-token accuracy of the trained LM, Keras and TFLite."""
+    folder = pathlib.Path(model_dir)
+    if not (folder / "model.keras").exists():
+        return [
+            f"(No trained causal LM in {model_dir}: run `python "
+            "examples/text_generation.py` for the quantized accuracy row.)"
+        ]
+    import keras
+
+    from keras_dynmask.app import corpus
+    from keras_dynmask.tf import data
+    from keras_dynmask.tf.tokenizer import WordPieceTokenizer
+
+    model = keras.saving.load_model(folder / "model.keras")
+    tokenizer = WordPieceTokenizer.load(folder / "vocabulary.txt")
+    _, held_out = corpus.split_documents(corpus.default_corpus())
+    batches = data.batched(data.sequences(tokenizer, held_out, 65), 16)
+    batches = [np.asarray(b) for b in batches.take(8)]
+    accuracy = {
+        "Keras float32": _accuracy(lambda ids: np.asarray(model(ids)), batches)
+    }
+    with tempfile.TemporaryDirectory() as folder:
+        for quantization in (None, "dynamic_range"):
+            path = export.to_tflite(
+                model,
+                pathlib.Path(folder) / f"{quantization}.tflite",
+                quantization=quantization,
+            )
+            run = export.tflite_runner(path)
+            accuracy[f"TFLite {quantization or 'float32'}"] = _accuracy(
+                lambda ids, run=run: run(token_ids=ids)["outputs"], batches
+            )
+    drop = accuracy["TFLite float32"] - accuracy["TFLite dynamic_range"]
+    targets.record(
+        "dynamic-range int8 TFLite LM: held-out next-token accuracy",
+        f"{accuracy['TFLite dynamic_range']:.3f}",
+        f"float32 {accuracy['TFLite float32']:.3f} ({drop * 100:+.1f} "
+        "points lost)",
+        "within 1 point",
+    )
+    lines = [
+        f"### Causal LM next-token accuracy, {len(batches)} held-out "
+        "batches of 16 x 64",
+        "",
+        "| model | accuracy |",
+        "|---|---:|",
+    ]
+    lines += [f"| {name} | {value:.3f} |" for name, value in accuracy.items()]
+    return lines
+
+
+def _accuracy(logits_of, batches):
+    """Next-token accuracy over real (non-padding) targets."""
+    right = total = 0
+    for ids in batches:
+        inputs, wanted = ids[:, :-1].astype("int32"), ids[:, 1:]
+        guesses = np.asarray(logits_of(inputs)).argmax(-1)
+        real = wanted != 0
+        right += int(((guesses == wanted) & real).sum())
+        total += int(real.sum())
+    return right / total

@@ -3,14 +3,14 @@ LM from a `.keras` file, a SavedModel (its `generate` signature) or a
 `.tflite` file (its `prefill` and `decode` signatures)."""
 
 import json
-import pathlib
 
 from keras_dynmask.app.serving_cli import _load_keras
 from keras_dynmask.app.serving_cli import _vocabulary
+from keras_dynmask.app.serving_cli import artifact_at
 
 
 def run_generate(args):
-    artifact = _artifact(args.model)
+    artifact = artifact_at(args.model)
     tokenizer = None
     vocabulary = _vocabulary(args.vocabulary, artifact)
     if vocabulary is not None:
@@ -46,29 +46,6 @@ def run_generate(args):
             print(f"{text} | {','.join(map(str, new))}")
         else:
             print(f"{text} | {tokenizer.decode(new)}")
-
-
-def _artifact(path):
-    """The file or SavedModel version folder that `path` names."""
-    from keras_dynmask.tf import export
-
-    artifact = pathlib.Path(path)
-    if not artifact.exists():
-        raise ValueError(f"No SavedModel, TFLite or .keras file at {path!r}")
-    if artifact.is_dir():
-        version = export.latest_version(artifact)
-        if version is None:
-            raise ValueError(
-                f"No SavedModel in {path!r}: it has no saved_model.pb and "
-                "no numbered version folder"
-            )
-        return version
-    if artifact.suffix not in (".tflite", ".keras"):
-        raise ValueError(
-            f"{path!r} is not a SavedModel folder, a .tflite file or a "
-            ".keras file"
-        )
-    return artifact
 
 
 def _encoded(tokenizer, args):

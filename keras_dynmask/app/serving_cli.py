@@ -20,6 +20,30 @@ def _vocabulary(given, near):
     return None
 
 
+def artifact_at(path):
+    """The model file or SavedModel version folder that `path` names (a
+    model folder gives its latest version, as TF Serving loads it)."""
+    from keras_dynmask.tf import export
+
+    artifact = pathlib.Path(path)
+    if not artifact.exists():
+        raise ValueError(f"No SavedModel, TFLite or .keras file at {path!r}")
+    if artifact.is_dir():
+        version = export.latest_version(artifact)
+        if version is None:
+            raise ValueError(
+                f"No SavedModel in {path!r}: it has no saved_model.pb and "
+                "no numbered version folder"
+            )
+        return version
+    if artifact.suffix not in (".tflite", ".keras"):
+        raise ValueError(
+            f"{path!r} is not a SavedModel folder, a .tflite file or a "
+            ".keras file"
+        )
+    return artifact
+
+
 def _load_keras(path):
     """A `.keras` model; the package's classes are registered first (the
     command loads the package lazily)."""
@@ -83,26 +107,7 @@ def run_export(args):
 
 
 def run_predict(args):
-    from keras_dynmask.tf import export
-
-    artifact = pathlib.Path(args.artifact)
-    if not artifact.exists():
-        raise ValueError(
-            f"No SavedModel, TFLite or .keras file at {args.artifact!r}"
-        )
-    if artifact.is_dir():
-        version = export.latest_version(artifact)
-        if version is None:
-            raise ValueError(
-                f"No SavedModel in {args.artifact!r}: it has no "
-                "saved_model.pb and no numbered version folder"
-            )
-        artifact = version
-    elif artifact.suffix not in (".tflite", ".keras"):
-        raise ValueError(
-            f"{args.artifact!r} is not a SavedModel folder, a .tflite file "
-            "or a .keras file"
-        )
+    artifact = artifact_at(args.artifact)
     tokenizer = None
     vocabulary = _vocabulary(args.vocabulary, artifact)
     if vocabulary is not None:

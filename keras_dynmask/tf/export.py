@@ -35,6 +35,7 @@ from keras_dynmask.models.causal_lm import CausalLM
 from keras_dynmask.tf.generation_export import GenerationModule
 from keras_dynmask.tf.quiet import held_back_stderr
 from keras_dynmask.tf.tflite_generation import TFLiteGenerator  # noqa: F401
+from keras_dynmask.tf.tflite_generation import calibration_for_generation
 from keras_dynmask.tf.tflite_generation import tflite_signatures
 
 QUANTIZATIONS = (None, "dynamic_range", "float16", "int8")
@@ -304,12 +305,6 @@ def to_tflite(
         max_length = check_int(
             "max_length", 256 if max_length is None else max_length, minimum=1
         )
-        if quantization == "int8":
-            raise ValueError(
-                "quantization='int8' calibrates one signature; a CausalLM's "
-                "file has three (serving_default, prefill, decode): use "
-                "'dynamic_range' (int8 weights) or 'float16'"
-            )
     elif max_length is not None:
         raise ValueError(
             "max_length is the key/value cache of a CausalLM's prefill and "
@@ -318,6 +313,10 @@ def to_tflite(
         )
     if quantization == "int8":
         calibration = _representative(specs, representative_data)
+        if generating:
+            calibration = calibration_for_generation(
+                model, calibration, max_length
+            )
     if not path.parent.is_dir():
         raise ValueError(
             f"Cannot write to {str(path)!r}: the folder "

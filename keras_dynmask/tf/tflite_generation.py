@@ -97,6 +97,48 @@ def tflite_signatures(model, max_length):
     }
 
 
+def calibration_for_generation(model, batches, max_length):
+    """int8 calibration for the three signatures: each batch of ids from
+    `batches` (a generator function of `{"token_ids": ids}`) as a whole
+    sequence, as prompts for `prefill`, and its last real token through
+    `decode` with the cache Keras computes for the rest.
+
+    Returns:
+        A generator function of `(signature name, inputs)`, as the
+        converter takes for a file of several signatures.
+    """
+    attention = model.transformer_blocks[0].self_attention
+    shape = (2, max_length, attention.num_heads, attention.key_dim)
+    names = [f"cache_{i}" for i in range(len(model.transformer_blocks))]
+
+    def generate():
+        for batch in batches():
+            ids = np.asarray(batch["token_ids"], "int32")[:, :max_length]
+            lengths = (ids != (model.pad_id or 0)).sum(axis=1).astype("int32")
+            lengths = np.maximum(lengths, 2)
+            yield "serving_default", {"token_ids": ids}
+            yield "prefill", {"token_ids": ids, "lengths": lengths}
+            empty = [np.zeros((len(ids), *shape), "float32") for _ in names]
+            before = np.where(
+                np.arange(ids.shape[1]) < (lengths - 1)[:, None], ids, 0
+            )
+            _, caches = model.call_with_cache(before, empty, 0)
+            last = ids[np.arange(len(ids)), lengths - 1]
+            yield (
+                "decode",
+                {
+                    "token_ids": last,
+                    "positions": lengths - 1,
+                    **{
+                        n: np.asarray(c)
+                        for n, c in zip(names, caches, strict=True)
+                    },
+                },
+            )
+
+    return generate
+
+
 class TFLiteGenerator:
     """Generation over a causal LM's TFLite file, in numpy: what an app
     runs (prefill once, then one `decode` per new token).
