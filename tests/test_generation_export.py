@@ -298,6 +298,16 @@ def test_tflite_refuses_prompts_past_its_maximum(tflite):
         generator.generate([[5] * 20, [6]], 5)
     with pytest.raises(ValueError, match="max_length=24"):
         generator.generate([[5] * 30], 1)
+    for settings, message in (
+        ({"top_k": 0}, "top_k"),
+        ({"top_p": 0.0}, "top_p"),
+        ({"top_k": 3, "temperature": 0}, "temperature"),
+        ({"end_id": None, "max_new_tokens": 0}, "max_new_tokens"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            generator.generate([[5]], **{"max_new_tokens": 2, **settings})
+    with pytest.raises(ValueError, match="padding id 0"):
+        generator.generate([[5, 0, 6]], 2)
 
 
 def test_tflite_sampling_is_seeded_and_keeps_to_the_top_k(tflite):

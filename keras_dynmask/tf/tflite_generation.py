@@ -220,6 +220,16 @@ class TFLiteGenerator:
                 f"max_new_tokens={max_new_tokens} need "
                 f"{longest + max_new_tokens}"
             )
+        if top_k is not None:
+            check_int("top_k", top_k, minimum=1)
+        if top_p is not None and not 0 < top_p <= 1:
+            raise ValueError(
+                f"top_p must be a float in (0, 1], received top_p={top_p!r}"
+            )
+        if not temperature > 0:
+            raise ValueError(
+                f"temperature must be > 0, received temperature={temperature!r}"
+            )
         rng = np.random.default_rng(check_int("seed", seed))
         choose = _chooser(self.pad_id, top_k, top_p, temperature, rng)
         logits, caches = self.prefill(ids, lengths)
