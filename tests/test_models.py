@@ -67,6 +67,37 @@ def test_causal_lm_never_sees_the_future():
         assert np.abs(after[0, i + 1 :] - base[0, i + 1 :]).max() > 1e-4
 
 
+@pytest.mark.parametrize("kind", ["causal_lm", "seq2seq"])
+def test_logits_carry_the_padding_mask_to_loss_and_metrics(kind):
+    """Padded targets count neither in the loss nor in the accuracy: the
+    tied output projection keeps the mask (it once dropped it, and
+    `evaluate` then counted every padded position as an easy guess)."""
+    keras.utils.set_random_seed(0)
+    ids = np.array([[2, 5, 6, 7, 3, 0, 0, 0], [2, 8, 3, 0, 0, 0, 0, 0]])
+    inputs, targets = ids[:, :-1], ids[:, 1:]
+    if kind == "causal_lm":
+        model = models.build_causal_lm(VOCABULARY, **SIZES)
+        x = inputs
+    else:
+        model = models.build_seq2seq(VOCABULARY, VOCABULARY, **SIZES)
+        x = {"source_ids": ids, "target_ids": inputs}
+    logits = model(x)
+    real = inputs != 0
+    np.testing.assert_array_equal(kd.get_keras_mask(logits), real)
+    model.compile(
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    got = model.evaluate(x, targets, verbose=0, return_dict=True)
+    scores = to_numpy(logits).astype("float64")
+    scores -= scores.max(-1, keepdims=True)
+    log_p = scores - np.log(np.exp(scores).sum(-1, keepdims=True))
+    nll = -np.take_along_axis(log_p, targets[..., None], -1)[..., 0]
+    np.testing.assert_allclose(got["loss"], nll[real].mean(), rtol=1e-5)
+    right = scores.argmax(-1) == targets
+    np.testing.assert_allclose(got["accuracy"], right[real].mean(), rtol=1e-5)
+
+
 def test_seq2seq_targets_are_causal_and_source_padding_is_ignored():
     keras.utils.set_random_seed(0)
     model = models.build_seq2seq(VOCABULARY, VOCABULARY, **SIZES)

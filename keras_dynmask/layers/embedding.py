@@ -49,7 +49,9 @@ class TokenEmbedding(keras.layers.Layer):
     the vocabulary with the same matrix (tied input and output embeddings).
 
     Masking: propagates `token_ids != pad_id`, ANDed with any mask the ids
-    already carry (for example the masked ids of `TokenMasking`).
+    already carry (for example the masked ids of `TokenMasking`); in
+    reverse, the logits carry the hidden states' mask, so a loss and
+    metrics skip padded positions.
 
     Ids outside `[0, vocabulary_size)` raise a `ValueError` when called
     eagerly; inside a compiled graph (fit, predict, exports), where no
@@ -151,7 +153,12 @@ class TokenEmbedding(keras.layers.Layer):
     def call(self, inputs, offset=0, reverse=False, mask=None):
         if reverse:
             weights = ops.cast(self.embeddings, self.compute_dtype)
-            return ops.matmul(inputs, ops.transpose(weights))
+            outputs = ops.matmul(inputs, ops.transpose(weights))
+            # The logits keep the hidden states' padding mask, so that a
+            # loss and metrics skip padded positions.
+            if mask is not None:
+                set_keras_mask(outputs, ops.cast(mask, "bool"))
+            return outputs
         token_ids = check_integer_tensor("token_ids", inputs, ranks=(2,))
         in_range = ops.logical_and(
             ops.greater_equal(token_ids, 0),
