@@ -7,6 +7,7 @@ import keras
 import pytest
 
 from keras_dynmask import models
+from keras_dynmask.app import cli
 from keras_dynmask.models import generation
 from keras_dynmask.tf.tokenizer import SPECIAL_TOKENS
 from keras_dynmask.tf.tokenizer import WordPieceTokenizer
@@ -116,3 +117,68 @@ def test_an_encoder_cannot_generate(tmp_path):
     assert run.returncode == 2
     assert "needs a CausalLM" in run.stderr
     assert "Traceback" not in run.stderr
+
+
+def test_an_encoder_decoder_decodes_its_sources_from_every_artifact(
+    tmp_path, capsys
+):
+    keras.utils.set_random_seed(4)
+    model = models.build_seq2seq(
+        30, 40, num_layers=1, num_heads=2, hidden_dim=8, intermediate_dim=16
+    )
+    model.save(tmp_path / "translator.keras")
+    run = run_cli(
+        "export",
+        str(tmp_path / "translator.keras"),
+        "--saved-model",
+        str(tmp_path / "serving"),
+        "--tflite",
+        str(tmp_path / "translator.tflite"),
+        "--max-length",
+        "16",
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    sources = [[5, 6, 7], [8, 9, 10, 11, 12], [13]]
+    want = generation.generate(model, [[1]] * 3, 5, sources=sources)
+    flags = [item for s in sources for item in ("--source", _listed(s))]
+    for artifact in ("translator.keras", "serving", "translator.tflite"):
+        got = _generate(
+            str(tmp_path / artifact),
+            "--ids",
+            "1",
+            *flags,
+            "--max-new-tokens",
+            "5",
+        )
+        assert got["sources"] == sources
+        assert got["prompts"] == [[1]] * 3
+        assert got["new_token_ids"] == want, artifact
+    # Mistakes and the plain output, in this process (the same command).
+    refusals = (
+        (["serving", "--ids", "1"], "pass each source with --source"),
+        (
+            ["translator.keras", "--ids", "1,2", "--ids", "1", *flags],
+            "one source per prompt",
+        ),
+    )
+    for argv, message in refusals:
+        assert message in _refused(capsys, tmp_path / argv[0], *argv[1:])
+    argv = ["--ids", "1", "--source", "5,6,7", "--max-new-tokens", "5"]
+    path = str(tmp_path / "translator.keras")
+    assert cli.main(["generate", path, *argv]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"5,6,7 -> 1 | {_listed(want[0])}"
+    ]
+
+
+def _refused(capsys, path, *argv):
+    """What the command says when it refuses `generate PATH ARGV`."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit:
+        cli.main(["generate", str(path), *argv])
+    assert exit.value.code == 2
+    return capsys.readouterr().err
+
+
+def _listed(ids):
+    return ",".join(map(str, ids))

@@ -137,8 +137,9 @@ def _add_export(commands):
     exporter.add_argument(
         "--max-length",
         type=int,
-        help="a causal LM's TFLite prefill/decode cache: positions of prompt "
-        "and new tokens together (default: 256)",
+        help="a causal LM's or an encoder-decoder's TFLite prefill/decode "
+        "cache: positions of (target) prompt and new tokens together "
+        "(default: 256)",
     )
     exporter.add_argument(
         "--vocabulary",
@@ -182,15 +183,17 @@ def _add_predict(commands):
 def _add_generate(commands):
     generate = commands.add_parser(
         "generate",
-        help="continue prompts with a causal LM (.keras, SavedModel, TFLite)",
-        description="Continues each prompt with a causal language model: a "
-        ".keras file (compiled generation), a SavedModel (its generate "
-        "signature, as TF Serving runs it; a model folder loads its latest "
-        "version) or a .tflite file (its prefill and decode signatures, as "
-        "an app runs them). Greedy unless --top-k or --top-p; with a "
-        "vocabulary, text prompts, and rows stop at [SEP]. .keras and "
-        "SavedModel give the same tokens; TFLite the same greedy tokens, "
-        "its samples drawn by numpy.",
+        help="continue prompts with a causal LM or an encoder-decoder "
+        "(.keras, SavedModel, TFLite)",
+        description="Continues each prompt with a causal language model, or "
+        "decodes each --source with an encoder-decoder: from a .keras file "
+        "(compiled generation), a SavedModel (its generate signature, as TF "
+        "Serving runs it; a model folder loads its latest version) or a "
+        ".tflite file (its prefill and decode signatures, as an app runs "
+        "them). Greedy unless --top-k or --top-p; with a vocabulary, text "
+        "prompts, and rows stop at [SEP]. .keras and SavedModel give the "
+        "same tokens; TFLite the same greedy tokens, its samples drawn by "
+        "numpy.",
     )
     generate.add_argument(
         "model",
@@ -199,7 +202,19 @@ def _add_generate(commands):
     )
     generate.add_argument("prompts", nargs="*", help="texts to continue")
     generate.add_argument(
-        "--ids", type=_int_list, help="one prompt as token ids: 2,45,17"
+        "--ids",
+        type=_int_list,
+        action="append",
+        help="a prompt as token ids: 2,45,17 (repeat for more; an "
+        "encoder-decoder's target prompt, its start id, and one prompt "
+        "serves every source)",
+    )
+    generate.add_argument(
+        "--source",
+        type=_int_list,
+        action="append",
+        help="an encoder-decoder's source as token ids: 7,8,9 (repeat for "
+        "more)",
     )
     generate.add_argument(
         "--max-new-tokens", type=int, default=32, help="(default: 32)"

@@ -1,6 +1,7 @@
 """The `generate` command of `keras-dynmask`: continue prompts with a causal
-LM from a `.keras` file, a SavedModel (its `generate` signature) or a
-`.tflite` file (its `prefill` and `decode` signatures)."""
+LM, or decode sources with an encoder-decoder, from a `.keras` file, a
+SavedModel (its `generate` signature) or a `.tflite` file (its `prefill`
+and `decode` signatures)."""
 
 import json
 
@@ -24,7 +25,12 @@ def run_generate(args):
         )
     if not args.prompts and not args.ids:
         raise ValueError("Nothing to continue: pass prompts or --ids")
-    prompts = [list(args.ids)] if args.ids else _encoded(tokenizer, args)
+    if args.prompts and args.ids:
+        raise ValueError("Pass text prompts or --ids, not both")
+    prompts = args.ids or _encoded(tokenizer, args)
+    sources = args.source
+    if sources and len(prompts) == 1:
+        prompts = prompts * len(sources)  # one start for every source
     end_id = args.end_id
     if end_id is None and tokenizer is not None:
         end_id = tokenizer.sep_id
@@ -36,14 +42,21 @@ def run_generate(args):
         "seed": args.seed,
         "end_id": end_id,
     }
-    continuations = _continue(artifact, prompts, settings)
+    continuations = _continue(artifact, prompts, settings, sources)
     if args.json:
-        print(json.dumps({"prompts": prompts, "new_token_ids": continuations}))
+        shown = {"prompts": prompts, "new_token_ids": continuations}
+        if sources:
+            shown["sources"] = sources
+        print(json.dumps(shown))
         return
-    shown = args.prompts or [",".join(map(str, args.ids))]
+    shown = args.prompts or [_ids(prompt) for prompt in prompts]
+    if sources:
+        shown = [
+            f"{_ids(s)} -> {p}" for s, p in zip(sources, shown, strict=True)
+        ]
     for text, new in zip(shown, continuations, strict=True):
         if tokenizer is None:
-            print(f"{text} | {','.join(map(str, new))}")
+            print(f"{text} | {_ids(new)}")
         else:
             print(f"{text} | {tokenizer.decode(new)}")
 
@@ -54,43 +67,64 @@ def _encoded(tokenizer, args):
     return [[tokenizer.cls_id, *row] for row in rows]
 
 
-def _continue(artifact, prompts, settings):
+def _ids(ids):
+    return ",".join(map(str, ids))
+
+
+def _continue(artifact, prompts, settings, sources):
     """Each prompt's new token ids, from whichever artifact."""
     if artifact.suffix == ".keras":
         from keras_dynmask.models import generation
 
         model = _load_keras(artifact)
-        return generation.generate(model, prompts, **settings)
+        return generation.generate(model, prompts, sources=sources, **settings)
     if artifact.suffix == ".tflite":
         from keras_dynmask.tf import export
 
-        return export.TFLiteGenerator(artifact).generate(prompts, **settings)
-    return _saved_model(artifact, prompts, settings)
+        generator = export.TFLiteGenerator(artifact)
+        return generator.generate(prompts, sources=sources, **settings)
+    return _saved_model(artifact, prompts, settings, sources)
 
 
-def _saved_model(artifact, prompts, settings):
+def _saved_model(artifact, prompts, settings, sources):
     """Through the SavedModel's `generate` signature, as a TF Serving
     client would call it (ids, padded; greedy is `top_k=1`)."""
     import tensorflow as tf
 
     from keras_dynmask.models.generation import pad_prompts
+    from keras_dynmask.models.generation import pad_sources
 
     loaded = tf.saved_model.load(str(artifact))
     if "generate" not in loaded.signatures:
         raise ValueError(
             f"The SavedModel {str(artifact)!r} has no generate signature: "
-            "export a causal LM (keras-dynmask export MODEL.keras "
-            "--saved-model DIR)"
+            "export a causal LM or an encoder-decoder (keras-dynmask "
+            "export MODEL.keras --saved-model DIR)"
         )
     generate = loaded.signatures["generate"]
-    if "token_ids" not in generate.structured_input_signature[1]:
+    inputs = generate.structured_input_signature[1]
+    if "token_ids" not in inputs:
         raise ValueError(
             f"{str(artifact)!r} takes text: pass the ids model's folder "
             "(the one above text/)"
         )
+    feed = {}
+    if "source_ids" in inputs:
+        if sources is None:
+            raise ValueError(
+                f"{str(artifact)!r} is an encoder-decoder: pass each source "
+                "with --source"
+            )
+        feed["source_ids"] = tf.constant(pad_sources(sources, len(prompts), 0))
+    elif sources is not None:
+        raise ValueError(
+            f"{str(artifact)!r} is a causal LM, which continues its prompts "
+            "alone: --source is for an encoder-decoder"
+        )
     _, ids = pad_prompts(prompts, 0)
     sampled = settings["top_k"] is not None or settings["top_p"] is not None
     out = generate(
+        **feed,
         token_ids=tf.constant(ids),
         max_new_tokens=tf.constant(settings["max_new_tokens"]),
         top_k=tf.constant((settings["top_k"] or 0) if sampled else 1),

@@ -76,6 +76,9 @@ def run_export(args):
         )
     else:
         sample = np.array([[2, 5, 6, 7, 3], [2, 8, 3, 0, 0]], "int32")
+    if set(export.input_signature(model)) == {"source_ids", "target_ids"}:
+        # An encoder-decoder: the same sample on both sides.
+        sample = {"source_ids": sample, "target_ids": sample}
     saved = tflite = None
     if args.saved_model:
         saved = export.to_saved_model(

@@ -317,11 +317,12 @@ class PatternAttention:
         key_mask=None,
         attention_mask=None,
         training=None,
+        offset=0,
     ):
         """Attention of `query` over the keys and values already in `cache`,
         which is neither written nor returned: a cross-attention's cache of
-        the encoder output, made once (`cache_index=0`) and reused at every
-        decoding step. The pattern applies at offset 0.
+        the encoder output, made once (`keys_and_values`, or
+        `cache_index=0`) and reused at every decoding step.
 
         Args:
             query: `(B, T, D)`.
@@ -330,6 +331,8 @@ class PatternAttention:
             key_mask: bool `(B, S)`, the cached positions that are real.
             attention_mask: bool `(B, T, S)`.
             training: bool.
+            offset: int or int `(B,)`. The position of query 0 for the
+                pattern (a decoding step's position). Defaults to `0`.
 
         Returns:
             `(B, T, D)`.
@@ -346,11 +349,21 @@ class PatternAttention:
             training=training,
             use_causal_mask=False,
             per_example={},
-            offset=0,
+            offset=offset,
             cache=cache,
             cache_index=None,
             reuse_cache=True,
         )
+
+    def keys_and_values(self, key, value=None):
+        """The projected keys and values of `key` and `value` (defaults to
+        `key`), stacked as the cache `attend_to_cache` reads: `(B, 2, S,
+        key/value heads, head size)`. A decoder computes its
+        cross-attention's once from the encoder output."""
+        value = key if value is None else value
+        key_heads = self._key_dense(without_mask(key))
+        value_heads = self._value_dense(without_mask(value))
+        return ops.stack([key_heads, value_heads], axis=1)
 
     def _repeat_key_value(self, key_heads, value_heads):
         """Key and value heads repeated to one per query head."""

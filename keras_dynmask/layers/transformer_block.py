@@ -67,6 +67,11 @@ class TransformerBlock(keras.layers.Layer):
             with this call's keys and values written at `cache_index`.
         cache_index: int or int tensor `(B,)`. Position of the first input
             token; required with `cache`.
+        context_cache: optional `(B, 2, S, num_heads, key_dim)`, the
+            cross-attention's keys and values of the context, from
+            `context_keys_and_values` (computed once for a whole decoding),
+            in place of `context`; `context_mask` `(B, S)` then marks its
+            real positions.
         training: bool. Enables dropout.
 
     Returns:
@@ -195,6 +200,7 @@ class TransformerBlock(keras.layers.Layer):
         attention_mask=None,
         cache=None,
         cache_index=None,
+        context_cache=None,
         mask=None,
         inputs_mask=None,
         context_mask=None,
@@ -203,17 +209,21 @@ class TransformerBlock(keras.layers.Layer):
         # Keras fills `mask` for a lone tensor and `inputs_mask` (and
         # `context_mask`) when the layer gets several.
         mask = inputs_mask if inputs_mask is not None else mask
-        if self.cross_attention and context is None:
+        given = context is not None or context_cache is not None
+        if self.cross_attention and not given:
             raise ValueError(
                 "This block has cross_attention=True: call it with "
-                "context=<encoder output>, received context=None"
+                "context=<encoder output> (or context_cache=), received "
+                "context=None"
             )
-        if not self.cross_attention and context is not None:
+        if not self.cross_attention and given:
             raise ValueError(
                 "This block has cross_attention=False, so it would ignore "
                 "the context it was given: build it with "
                 "cross_attention=True, or call it without context"
             )
+        if context is not None and context_cache is not None:
+            raise ValueError("Pass the context or its context_cache, not both")
 
         updated = []
 
@@ -240,6 +250,15 @@ class TransformerBlock(keras.layers.Layer):
             return outputs[0]
 
         def cross_attention(x):
+            if context_cache is not None:
+                return self._cross_attention.attend_to_cache(
+                    x,
+                    context_cache,
+                    query_mask=mask,
+                    key_mask=context_mask,
+                    training=training,
+                    offset=0 if cache_index is None else cache_index,
+                )
             return self._cross_attention(
                 x,
                 context,
@@ -274,6 +293,18 @@ class TransformerBlock(keras.layers.Layer):
         `MultiHeadAttention`); available once the block is built."""
         self._check_built("pattern_variables")
         return self._attention.pattern_variables
+
+    def context_keys_and_values(self, context):
+        """The cross-attention's keys and values of `context` `(B, S, D)`:
+        the `context_cache` `(B, 2, S, num_heads, key_dim)` a decoding
+        step reads in place of the context."""
+        self._check_built("context_keys_and_values")
+        if not self.cross_attention:
+            raise ValueError(
+                f"Block {self.name!r} has no cross-attention "
+                "(cross_attention=False), so no context keys and values"
+            )
+        return self._cross_attention.keys_and_values(context)
 
     def _check_built(self, attribute):
         if not self.built:

@@ -20,11 +20,13 @@ from keras_dynmask.models.builders import build_seq2seq
 from keras_dynmask.models.causal_lm import CausalLM
 from keras_dynmask.models.masked_lm import MaskedLM
 from keras_dynmask.models.masked_lm import gather_positions
+from keras_dynmask.models.seq2seq import Seq2Seq
 from keras_dynmask.models.stock import replace_stock_layers
 
 __all__ = [
     "CausalLM",
     "MaskedLM",
+    "Seq2Seq",
     "build_causal_lm",
     "build_classifier",
     "build_encoder",

@@ -7,10 +7,9 @@ pattern needs (segment ids, prefix lengths, span positions) is an input.
 
 import keras
 
-from keras_dynmask.layers import TokenEmbedding
-from keras_dynmask.layers import TransformerBlock
 from keras_dynmask.models._graph import encoder_graph
 from keras_dynmask.models.causal_lm import CausalLM
+from keras_dynmask.models.seq2seq import Seq2Seq
 
 
 def build_encoder(
@@ -130,48 +129,23 @@ def build_seq2seq(
         name: str.
 
     Returns:
-        A functional `keras.Model` with inputs `{"source_ids": (B, S),
-        "target_ids": (B, T)}` and logits `(B, T, target_vocabulary_size)`
-        carrying the target padding mask. Train with targets shifted by one
-        (teacher forcing), as for `build_causal_lm`.
+        A `Seq2Seq`: a functional `keras.Model` with inputs `{"source_ids":
+        (B, S), "target_ids": (B, T)}` and logits `(B, T,
+        target_vocabulary_size)` carrying the target padding mask, that can
+        also decode with key/value caches (`generation.generate(...,
+        sources=...)`). Train with targets shifted by one (teacher
+        forcing), as for `build_causal_lm`.
     """
-    source = keras.Input((None,), dtype="int32", name="source_ids")
-    target = keras.Input((None,), dtype="int32", name="target_ids")
-    x = TokenEmbedding(
+    return Seq2Seq(
         source_vocabulary_size,
-        hidden_dim,
-        pad_id=pad_id,
-        name="source_embedding",
-    )(source)
-    x = keras.layers.Dropout(dropout)(x)
-    common = {
-        "num_heads": num_heads,
-        "intermediate_dim": intermediate_dim,
-        "dropout": dropout,
-    }
-    for index in range(num_layers):
-        x = TransformerBlock(name=f"encoder_block_{index}", **common)(x)
-    context = keras.layers.LayerNormalization(
-        epsilon=1e-5, name="encoder_norm"
-    )(x)
-    embedding = TokenEmbedding(
         target_vocabulary_size,
-        hidden_dim,
+        num_layers=num_layers,
+        num_heads=num_heads,
+        hidden_dim=hidden_dim,
+        intermediate_dim=intermediate_dim,
         pad_id=pad_id,
-        name="target_embedding",
-    )
-    y = keras.layers.Dropout(dropout)(embedding(target))
-    for index in range(num_layers):
-        y = TransformerBlock(
-            pattern="causal",
-            cross_attention=True,
-            name=f"decoder_block_{index}",
-            **common,
-        )(y, context=context)
-    y = keras.layers.LayerNormalization(epsilon=1e-5, name="decoder_norm")(y)
-    logits = embedding(y, reverse=True)
-    return keras.Model(
-        {"source_ids": source, "target_ids": target}, logits, name=name
+        dropout=dropout,
+        name=name,
     )
 
 

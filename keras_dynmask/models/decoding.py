@@ -41,12 +41,14 @@ def decode(
     sample=True,
     keep_logits=False,
     width=None,
+    source_ids=None,
 ):
     """New tokens for right-padded prompts, every step in one graph.
 
     Args:
-        model: a `CausalLM`.
-        ids: int `(B, T)` prompts, right-padded.
+        model: a `CausalLM`, or a `Seq2Seq` with `source_ids`.
+        ids: int `(B, T)` prompts, right-padded (a seq2seq's target
+            prompts: its start id, or more).
         lengths: int `(B,)` each prompt's length (at least 1).
         max_new_tokens: int, or a scalar int tensor (TensorFlow).
         seed: int or scalar int tensor. Each row's draws are a function of
@@ -66,6 +68,8 @@ def decode(
             and the cache's positions past the prompt. A fixed width lets a
             compiler that specializes on shapes (XLA) compile once for
             every count up to it. Defaults to `max_new_tokens`.
+        source_ids: int `(B, S)` a seq2seq's sources, right-padded; the
+            encoder runs on them once.
 
     Returns:
         `{"tokens": int32 (B, width), "lengths": int32 (B,)}`:
@@ -80,10 +84,19 @@ def decode(
     pad_id = model.pad_id or 0
     batch = ops.shape(ids)[0]
     width = max_new_tokens if width is None else width
-    cache = model.init_cache(batch, ops.shape(ids)[1] + width)
+    positions = ops.shape(ids)[1] + width
+    keys = None
+    if source_ids is None:
+        cache = model.init_cache(batch, positions)
+        if sample:
+            keys = prompt_keys(seed, ids, lengths)
+    else:
+        source_ids = ops.convert_to_tensor(source_ids, "int32")
+        cache = model.init_cache(source_ids, positions)
+        if sample:
+            keys = prompt_keys(seed, ids, lengths, source_ids, pad_id)
     logits, cache = model.call_with_cache(ids, cache, 0)
     logits = at(logits, lengths - 1)
-    keys = prompt_keys(seed, ids, lengths) if sample else None
 
     def choose_at(logits, step):
         return choose(
@@ -202,19 +215,32 @@ def _draws_at(keys, ids):
     return ops.clip(draws, _TINY, 1.0 - _TINY)
 
 
-def prompt_keys(seed, ids, lengths):
+def prompt_keys(seed, ids, lengths, source_ids=None, pad_id=0):
     """Random keys `(B,)`: a function of the seed and each row's prompt
-    (its length and its ids), so a prompt draws the same in any batch.
+    (its length and its ids), and source if any, so a prompt draws the
+    same in any batch.
 
     Args:
         seed: int or scalar int tensor.
         ids: int `(B, T)`, right-padded.
         lengths: int `(B,)`.
+        source_ids: optional int `(B, S)`, right-padded with `pad_id`.
     """
+    keys = ops.zeros((ops.shape(ids)[0],), _random.key_dtype())
+    keys = _folded(_random.combine(keys, seed), ids, lengths)
+    if source_ids is None:
+        return keys
+    source_ids = ops.convert_to_tensor(source_ids, "int32")
+    real = ops.cast(ops.not_equal(source_ids, pad_id), "int32")
+    return _folded(keys, source_ids, ops.sum(real, axis=1))
+
+
+def _folded(keys, ids, lengths):
+    """`keys` combined with each row's length, then its first `length`
+    ids."""
     ids = ops.convert_to_tensor(ids, "int32")
     lengths = ops.convert_to_tensor(lengths, "int32")
-    keys = ops.zeros((ops.shape(ids)[0],), _random.key_dtype())
-    keys = _random.combine(_random.combine(keys, seed), lengths)
+    keys = _random.combine(keys, lengths)
 
     def fold(position, keys):
         column = ops.take(ids, position, axis=1)

@@ -10,6 +10,11 @@ continuation is the same whatever batch it is in, and decoding with the
 cache gives the same tokens as running the whole model on the whole text
 at every step.
 
+An encoder-decoder (`Seq2Seq`) decodes the same way from its target
+prompts (its start id, say), given `sources`: the encoder runs once, and
+each decoder block reads its cross-attention keys and values of the source
+from a cache made then.
+
 Example:
 
 >>> import keras_dynmask as kd
@@ -29,6 +34,7 @@ from keras_dynmask.core import _random
 from keras_dynmask.core._checks import check_int
 from keras_dynmask.models import decoding
 from keras_dynmask.models.causal_lm import CausalLM
+from keras_dynmask.models.seq2seq import Seq2Seq
 
 
 def generate(
@@ -43,15 +49,18 @@ def generate(
     use_cache=True,
     return_logits=False,
     compiled=True,
+    sources=None,
 ):
     """New tokens for each prompt: greedy, or sampled (top-k, top-p).
 
     Args:
         model: a `CausalLM` (from `keras_dynmask.models.build_causal_lm`)
-            whose pattern lets no query see a later key; it decodes through
-            its own `call_with_cache`.
+            whose pattern lets no query see a later key, or a `Seq2Seq`
+            (from `build_seq2seq`) with `sources`; it decodes through its
+            own `call_with_cache`.
         prompts: list of lists of token ids, each non-empty; lengths may
-            differ. The padding id is never generated.
+            differ. The padding id is never generated. For a `Seq2Seq`,
+            the target prompts (each at least its start id).
         max_new_tokens: int > 0.
         top_k: `None`, or int > 0 to sample among the `top_k` most likely
             tokens.
@@ -72,6 +81,9 @@ def generate(
             function (`tf.function`, `jax.jit`; eager `keras.ops` under
             PyTorch) or step by step from Python. Both give the same
             tokens.
+        sources: for a `Seq2Seq` (and only then), a list of source token
+            id lists, one per prompt, each non-empty; lengths may differ.
+            A row's draws are then a function of its source too.
 
     Returns:
         A list with each prompt's new tokens (ending at `end_id` if it was
@@ -83,6 +95,7 @@ def generate(
     for block in parts.blocks:  # each call: a window may have been widened
         _check_causal(block)
     lengths, ids = pad_prompts(prompts, parts.pad_id)
+    source = _sources(model, sources, len(ids))
     max_new_tokens = check_int("max_new_tokens", max_new_tokens, minimum=1)
     sampling = _sampling(parts, top_k, top_p, temperature)
     if end_id is not None:
@@ -95,14 +108,23 @@ def generate(
         )
     if compiled and use_cache:
         tokens, logits = parts.decode(
-            ids, lengths, max_new_tokens, seed, sampling, end_id, return_logits
+            ids,
+            lengths,
+            max_new_tokens,
+            seed,
+            sampling,
+            end_id,
+            return_logits,
+            source,
         )
     else:
         keys = None
         if sampling is not None:
-            keys = decoding.prompt_keys(seed, ids, lengths)
+            keys = decoding.prompt_keys(
+                seed, ids, lengths, source, parts.pad_id or 0
+            )
         decoder = _CachedDecoder if use_cache else _FullDecoder
-        decoder = decoder(parts, ids, lengths, max_new_tokens)
+        decoder = decoder(parts, ids, lengths, max_new_tokens, source)
         tokens, logits = _step_by_step(
             decoder, parts.pad_id, max_new_tokens, keys, sampling
         )
@@ -110,6 +132,37 @@ def generate(
     if return_logits:
         return continuations, logits
     return continuations
+
+
+def _sources(model, sources, count):
+    """A seq2seq's right-padded source ids `(B, S)`, checked; `None` for a
+    causal LM."""
+    if not isinstance(model, Seq2Seq):
+        if sources is not None:
+            raise ValueError(
+                f"sources are for a Seq2Seq (an encoder-decoder); "
+                f"{model.name!r} is a {type(model).__name__}, which "
+                "continues its prompts alone: received sources"
+            )
+        return None
+    if sources is None:
+        raise ValueError(
+            f"{model.name!r} is an encoder-decoder (Seq2Seq): pass "
+            "sources=, one source token id list per prompt"
+        )
+    return pad_sources(sources, count, model.pad_id)
+
+
+def pad_sources(sources, count, pad_id):
+    """Right-padded source ids `(B, max length)`, checked as prompts are,
+    and one per prompt (`count` of them)."""
+    lengths, source_ids = pad_prompts(sources, pad_id, "sources")
+    if len(lengths) != count:
+        raise ValueError(
+            f"sources must hold one source per prompt: received "
+            f"{len(lengths)} sources for {count} prompts"
+        )
+    return source_ids
 
 
 def _sampling(parts, top_k, top_p, temperature):
@@ -168,11 +221,11 @@ _PARTS = weakref.WeakKeyDictionary()
 def _parts(model):
     """The model's `_Parts`, made once per model so that its compiled
     functions are traced once."""
-    if not isinstance(model, CausalLM):
+    if not isinstance(model, (CausalLM, Seq2Seq)):
         raise ValueError(
-            "generate needs a CausalLM (from build_causal_lm or "
-            "keras_dynmask.models.CausalLM), which can run with a key/value "
-            f"cache; received {type(model).__name__} {model.name!r}"
+            "generate needs a CausalLM (from build_causal_lm) or a Seq2Seq "
+            "(from build_seq2seq), which can run with a key/value cache; "
+            f"received {type(model).__name__} {model.name!r}"
         )
     if model not in _PARTS:
         _PARTS[model] = _Parts(model)
@@ -186,7 +239,10 @@ class _Parts:
 
     def __init__(self, model):
         self.model = model
-        self.blocks = model.transformer_blocks
+        if isinstance(model, Seq2Seq):
+            self.blocks = model.decoder_blocks
+        else:
+            self.blocks = model.transformer_blocks
         self.pad_id = model.pad_id
         self.vocabulary_size = model.vocabulary_size
         self.prefill = _compiled(self._prefill)
@@ -194,15 +250,15 @@ class _Parts:
         self.run = _compiled(self._run)
         self.loop = _compiled_loop(model)
 
-    def decode(self, ids, lengths, max_new, seed, sampling, end_id, logits):
+    def decode(
+        self, ids, lengths, max_new, seed, sampling, end_id, logits, source
+    ):
         """Tokens `(B, max_new)` and logits (or `None`): the whole loop in
-        one compiled call. The prompts and the new tokens are padded to
-        sizes in powers of two, so that a compiler that specializes on
-        shapes compiles once per size class, not once per call."""
+        one compiled call. The prompts (and sources) and the new tokens are
+        padded to sizes in powers of two, so that a compiler that
+        specializes on shapes compiles once per size class, not once per
+        call."""
         top_k, top_p, temperature = sampling or (1, 1.0, 1.0)
-        length = _size_class(ids.shape[1])
-        padded = np.full((len(ids), length), self.pad_id or 0, "int32")
-        padded[:, : ids.shape[1]] = ids
         settings = {
             "seed": ops.convert_to_tensor(seed, _random.key_dtype()),
             "top_p": ops.convert_to_tensor(top_p, "float32"),
@@ -211,8 +267,10 @@ class _Parts:
                 -1 if end_id is None else end_id, "int32"
             ),
         }
+        if source is not None:
+            settings["source_ids"] = ops.convert_to_tensor(self._padded(source))
         out = self.loop(
-            ops.convert_to_tensor(padded),
+            ops.convert_to_tensor(self._padded(ids)),
             ops.convert_to_tensor(lengths),
             ops.convert_to_tensor(max_new, "int32"),
             settings,
@@ -225,6 +283,13 @@ class _Parts:
         if not logits:
             return tokens, None
         return tokens, ops.convert_to_numpy(out["logits"])[:, :max_new]
+
+    def _padded(self, ids):
+        """`ids` `(B, T)` right-padded to the size class of `T`."""
+        length = _size_class(ids.shape[1])
+        padded = np.full((len(ids), length), self.pad_id or 0, "int32")
+        padded[:, : ids.shape[1]] = ids
+        return padded
 
     def _prefill(self, ids, last, cache):
         """Logits `(B, V)` after position `last` of each row, and the
@@ -239,8 +304,10 @@ class _Parts:
         )
         return logits[:, 0], cache
 
-    def _run(self, ids, last):
+    def _run(self, ids, last, source=None):
         """The whole model on the whole text: logits after `last`."""
+        if source is not None:
+            ids = {"source_ids": source, "target_ids": ids}
         return decoding.at(self.model(ids, training=False), last)
 
 
@@ -342,11 +409,10 @@ def _quiet_retracing_warning(tf):
 
 def _check_causal(block):
     pattern = block.pattern
-    if block.cross_attention or pattern.required_inputs():
+    if pattern.required_inputs():
         raise ValueError(
             f"generate needs self-attention blocks whose pattern reads only "
             f"positions; block {block.name!r} has pattern {str(pattern)!r}"
-            + (" and cross-attention" if block.cross_attention else "")
         )
     values = {
         name: int(ops.convert_to_numpy(variable))
@@ -361,19 +427,20 @@ def _check_causal(block):
         )
 
 
-def pad_prompts(prompts, pad_id):
+def pad_prompts(prompts, pad_id, name="prompts"):
     """Lengths `(B,)` and right-padded ids `(B, max length)` of a list of
-    prompts (checked: non-empty, without the padding id)."""
+    prompts (checked: non-empty, without the padding id); `name` names the
+    argument in errors."""
     if isinstance(prompts, np.ndarray) or not isinstance(
         prompts, (list, tuple)
     ):
         raise ValueError(
-            "prompts must be a list of token id lists, received "
+            f"{name} must be a list of token id lists, received "
             f"{type(prompts).__name__}"
         )
     if not prompts or any(len(prompt) == 0 for prompt in prompts):
         raise ValueError(
-            f"prompts must be non-empty lists of token ids, received "
+            f"{name} must be non-empty lists of token ids, received "
             f"lengths {[len(prompt) for prompt in prompts]}"
         )
     lengths = np.array([len(prompt) for prompt in prompts], "int32")
@@ -382,8 +449,8 @@ def pad_prompts(prompts, pad_id):
         ids[row, : len(prompt)] = prompt
         if pad_id is not None and pad_id in list(prompt):
             raise ValueError(
-                f"prompts must not contain the padding id {pad_id}: prompt "
-                f"{row} is {list(prompt)}"
+                f"{name} must not contain the padding id {pad_id}: "
+                f"{name}[{row}] is {list(prompt)}"
             )
     return lengths, ids
 
@@ -406,13 +473,15 @@ def _compiled(function):
 class _CachedDecoder:
     """Prefill the prompts once, then one position per step."""
 
-    def __init__(self, parts, ids, lengths, max_new_tokens):
+    def __init__(self, parts, ids, lengths, max_new_tokens, source):
         self.parts = parts
         self.ids = ids
         self.lengths = lengths
-        self.cache = parts.model.init_cache(
-            len(ids), ids.shape[1] + max_new_tokens
-        )
+        positions = ids.shape[1] + max_new_tokens
+        if source is None:
+            self.cache = parts.model.init_cache(len(ids), positions)
+        else:
+            self.cache = parts.model.init_cache(source, positions)
 
     def first(self):
         logits, self.cache = self.parts.prefill(
@@ -434,9 +503,10 @@ class _CachedDecoder:
 class _FullDecoder:
     """The reference: the whole model on the whole text at every step."""
 
-    def __init__(self, parts, ids, lengths, max_new_tokens):
+    def __init__(self, parts, ids, lengths, max_new_tokens, source):
         self.parts = parts
         self.lengths = lengths
+        self.source = source
         width = ids.shape[1] + max_new_tokens
         self.text = np.full((len(ids), width), parts.pad_id or 0, "int32")
         self.text[:, : ids.shape[1]] = ids
@@ -445,6 +515,7 @@ class _FullDecoder:
         return self.parts.run(
             ops.convert_to_tensor(self.text[:, : int(ends.max())]),
             ops.convert_to_tensor(ends - 1),
+            None if self.source is None else ops.convert_to_tensor(self.source),
         )
 
     def first(self):

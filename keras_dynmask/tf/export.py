@@ -32,6 +32,7 @@ import tensorflow as tf
 
 from keras_dynmask.core._checks import check_int
 from keras_dynmask.models.causal_lm import CausalLM
+from keras_dynmask.models.seq2seq import Seq2Seq
 from keras_dynmask.tf.generation_export import GenerationModule
 from keras_dynmask.tf.quiet import held_back_stderr
 from keras_dynmask.tf.tflite_generation import TFLiteGenerator  # noqa: F401
@@ -118,7 +119,10 @@ def to_saved_model(model, directory, version=None, generation=None):
     scalar inputs `max_new_tokens`, `top_k` (`1` greedy, `0` no limit),
     `top_p`, `temperature`, `seed` and `end_id` (`-1` none) have defaults
     (`generation_export.DEFAULTS`). The same tokens as
-    `generation.generate`.
+    `generation.generate`. A `Seq2Seq`'s `generate` takes `source_ids`
+    `(B, S)` (right-padded; the encoder runs once) and its target prompts
+    as `token_ids` (each at least its start id), with the same settings
+    and outputs.
 
     Args:
         model: a Keras model whose inputs are token ids.
@@ -126,7 +130,8 @@ def to_saved_model(model, directory, version=None, generation=None):
             versions are numbered subfolders. Its parent must exist.
         version: int, or `None` for the next free number.
         generation: dict overriding the `generate` signature's defaults
-            (a `CausalLM` only), e.g. `{"max_new_tokens": 64}`.
+            (a `CausalLM` or `Seq2Seq` only), e.g. `{"max_new_tokens":
+            64}`.
 
     Returns:
         The path of the written version folder. The folder appears whole
@@ -137,7 +142,7 @@ def to_saved_model(model, directory, version=None, generation=None):
             a version folder given as `directory`, or a folder that cannot
             be written.
     """
-    if isinstance(model, CausalLM):
+    if isinstance(model, (CausalLM, Seq2Seq)):
         archive = GenerationModule(model, defaults=generation)
     else:
         _no_generation(model, generation)
@@ -148,8 +153,9 @@ def to_saved_model(model, directory, version=None, generation=None):
 def _no_generation(model, generation):
     if generation is not None:
         raise ValueError(
-            "generation settings are for a CausalLM, which gets a generate "
-            f"signature; received {type(model).__name__} {model.name!r}"
+            "generation settings are for a CausalLM or a Seq2Seq, which get "
+            f"a generate signature; received {type(model).__name__} "
+            f"{model.name!r}"
         )
 
 
@@ -267,10 +273,10 @@ def to_tflite(
     """Converts a model to a TFLite file with TFLite builtin ops only.
 
     Its `serving_default` signature takes the model's inputs by name, any
-    batch size and length. A `CausalLM` also gets `prefill` and `decode`
-    signatures, generation with the key/value cache as explicit inputs and
-    outputs of `max_length` positions (see `tflite_generation`;
-    `TFLiteGenerator` runs the loop).
+    batch size and length. A `CausalLM` or a `Seq2Seq` also gets `prefill`
+    and `decode` signatures, generation with the key/value cache as
+    explicit inputs and outputs of `max_length` positions (see
+    `tflite_generation`; `TFLiteGenerator` runs the loop).
 
     Args:
         model: a Keras model whose inputs are token ids.
@@ -280,8 +286,9 @@ def to_tflite(
             activations, calibrated on `representative_data`).
         representative_data: for `"int8"`: a list of input batches (arrays,
             or dicts of arrays keyed by input name).
-        max_length: int, for a `CausalLM`: the cache's positions, prompt
-            and new tokens together. Defaults to `256`.
+        max_length: int, for a `CausalLM` or a `Seq2Seq`: the cache's
+            positions, prompt and new tokens together (a seq2seq's target
+            side; its sources may be any length). Defaults to `256`.
 
     Returns:
         The path written. The file appears whole or not at all.
@@ -300,15 +307,16 @@ def to_tflite(
     if path.suffix != ".tflite":
         raise ValueError(f"path must end with .tflite, received {str(path)!r}")
     specs = input_signature(model)
-    generating = isinstance(model, CausalLM)
+    generating = isinstance(model, (CausalLM, Seq2Seq))
     if generating:
         max_length = check_int(
             "max_length", 256 if max_length is None else max_length, minimum=1
         )
     elif max_length is not None:
         raise ValueError(
-            "max_length is the key/value cache of a CausalLM's prefill and "
-            f"decode signatures; received max_length={max_length!r} for "
+            "max_length is the key/value cache of a CausalLM's or a "
+            "Seq2Seq's prefill and decode signatures; received "
+            f"max_length={max_length!r} for "
             f"{type(model).__name__} {model.name!r}"
         )
     if quantization == "int8":

@@ -1,5 +1,5 @@
-"""Generation on a phone: a causal LM's TFLite signatures `prefill` and
-`decode`, and the loop an app runs over them.
+"""Generation on a phone: a causal LM's or an encoder-decoder's TFLite
+signatures `prefill` and `decode`, and the loop an app runs over them.
 
 On-device runtimes keep the key/value cache outside the model: `prefill`
 takes the prompts and returns the logits after each one and the cache,
@@ -8,8 +8,14 @@ the logits and the updated cache. The cache is one input and output per
 block, `cache_I` `(B, 2, max_length, num_heads, key_dim)` (keys then
 values; no tensor of more than five dimensions, which TFLite's builtins
 take), fixed at `max_length` positions when exported; the prompt length
-and the batch size are free. `TFLiteGenerator` is that loop in numpy:
-port it to the app's language.
+and the batch size are free.
+
+An encoder-decoder's `prefill` also takes `source_ids` `(B, S)` (any `S`),
+runs the encoder once and returns each decoder block's cross-attention
+keys and values `cross_I` `(B, 2, S, num_heads, key_dim)`; its `decode`
+takes them back with `source_ids` (for the source padding) at every step.
+
+`TFLiteGenerator` is that loop in numpy: port it to the app's language.
 
 Example:
 
@@ -30,19 +36,93 @@ import tensorflow as tf
 from keras_dynmask.core._checks import check_int
 from keras_dynmask.models import decoding
 from keras_dynmask.models import generation
+from keras_dynmask.models.seq2seq import Seq2Seq
 from keras_dynmask.tf.quiet import held_back_stderr
 
 
+class _Layout:
+    """The names and shapes of a model's cache inputs and outputs, and the
+    cache `call_with_cache` takes, made from them."""
+
+    def __init__(self, model, max_length):
+        self.model = model
+        self.seq2seq = isinstance(model, Seq2Seq)
+        blocks = (
+            model.decoder_blocks if self.seq2seq else model.transformer_blocks
+        )
+        attention = blocks[0].self_attention
+        self.heads = (attention.num_heads, attention.key_dim)
+        self.max_length = max_length
+        self.caches = [f"cache_{i}" for i in range(len(blocks))]
+        self.crosses = (
+            [f"cross_{i}" for i in range(len(blocks))] if self.seq2seq else []
+        )
+        self.blocks = blocks
+
+    def specs(self):
+        """`{name: tf.TensorSpec}` of the caches `decode` takes."""
+        shape = (None, 2, self.max_length, *self.heads)
+        specs = {n: tf.TensorSpec(shape, tf.float32, n) for n in self.caches}
+        cross = (None, 2, None, *self.heads)
+        for name in self.crosses:
+            specs[name] = tf.TensorSpec(cross, tf.float32, name)
+        if self.seq2seq:
+            specs["source_ids"] = _ids_spec("source_ids")
+        return specs
+
+    def start(self, batch, source_ids=None):
+        """The empty cache of `batch` rows (the encoder's keys and values
+        of `source_ids` for a seq2seq), in `call_with_cache`'s form."""
+        shape = (2, self.max_length, *self.heads)
+        empty = [tf.zeros((batch, *shape), tf.float32) for _ in self.caches]
+        if not self.seq2seq:
+            return empty
+        context = self.model.encode(source_ids)
+        return {
+            "self": empty,
+            "cross": [b.context_keys_and_values(context) for b in self.blocks],
+            "source_mask": tf.not_equal(source_ids, self.model.pad_id or 0),
+        }
+
+    def cache(self, inputs):
+        """The cache in `call_with_cache`'s form, from named inputs."""
+        caches = [inputs[name] for name in self.caches]
+        if not self.seq2seq:
+            return caches
+        return {
+            "self": caches,
+            "cross": [inputs[name] for name in self.crosses],
+            "source_mask": tf.not_equal(
+                inputs["source_ids"], self.model.pad_id or 0
+            ),
+        }
+
+    def named(self, cache, crosses=True):
+        """`{name: tensor}` of a cache in `call_with_cache`'s form: the
+        self-attention caches, and with `crosses` the cross-attention
+        ones."""
+        if not self.seq2seq:
+            return dict(zip(self.caches, cache, strict=True))
+        named = dict(zip(self.caches, cache["self"], strict=True))
+        if crosses:
+            named.update(zip(self.crosses, cache["cross"], strict=True))
+        return named
+
+
+def _ids_spec(name):
+    return tf.TensorSpec((None, None), tf.int32, name=name)
+
+
 def tflite_signatures(model, max_length):
-    """What a causal LM's TFLite file is converted from: a `tf.Module`
-    holding the weights, to save, and the signatures `serving_default`
-    (logits of whole sequences), `prefill` and `decode`.
+    """What a causal LM's or a seq2seq's TFLite file is converted from: a
+    `tf.Module` holding the weights, to save, and the signatures
+    `serving_default` (logits of whole sequences), `prefill` and `decode`.
 
     The functions are not attributes of the module: the converter, given
     several signature keys, then converts only one of them.
 
     Args:
-        model: a `CausalLM`.
+        model: a `CausalLM` or a `Seq2Seq`.
         max_length: int. Positions of the cache (prompt and new tokens).
 
     Returns:
@@ -50,48 +130,55 @@ def tflite_signatures(model, max_length):
     """
     module = tf.Module(name="tflite_generation")
     module.weights = [variable.value for variable in model.variables]
-    attention = model.transformer_blocks[0].self_attention
-    names = [f"cache_{i}" for i in range(len(model.transformer_blocks))]
-    shape = (None, 2, max_length, attention.num_heads, attention.key_dim)
-    caches = {name: tf.TensorSpec(shape, tf.float32, name) for name in names}
-    ids = tf.TensorSpec((None, None), tf.int32, name="token_ids")
+    layout = _Layout(model, max_length)
+    ids = _ids_spec("token_ids")
     lengths = tf.TensorSpec((None,), tf.int32, name="lengths")
     token = tf.TensorSpec((None,), tf.int32, name="token_ids")
     positions = tf.TensorSpec((None,), tf.int32, name="positions")
+    source = {"source_ids": _ids_spec("source_ids")} if layout.seq2seq else {}
 
     def serve(inputs):
+        if layout.seq2seq:
+            inputs = {
+                "source_ids": inputs["source_ids"],
+                "target_ids": inputs["target_ids"],
+            }
+            return {"outputs": model(inputs, training=False)}
         return {"outputs": model(inputs["token_ids"], training=False)}
 
     def prefill(inputs):
         token_ids = inputs["token_ids"]
-        batch = tf.shape(token_ids)[0]
-        empty = [tf.zeros((batch, *shape[1:]), tf.float32) for _ in names]
-        logits, updated = model.call_with_cache(token_ids, empty, 0)
+        cache = layout.start(tf.shape(token_ids)[0], inputs.get("source_ids"))
+        logits, cache = model.call_with_cache(token_ids, cache, 0)
         logits = decoding.at(logits, inputs["lengths"] - 1)
-        return {"logits": logits, **dict(zip(names, updated, strict=True))}
+        return {"logits": logits, **layout.named(cache)}
 
     def decode(inputs):
-        logits, updated = model.call_with_cache(
+        logits, cache = model.call_with_cache(
             inputs["token_ids"][:, None],
-            [inputs[name] for name in names],
+            layout.cache(inputs),
             inputs["positions"],
         )
-        return {
-            "logits": logits[:, 0],
-            **dict(zip(names, updated, strict=True)),
-        }
+        return {"logits": logits[:, 0], **layout.named(cache, crosses=False)}
 
+    whole = (
+        {
+            "source_ids": source["source_ids"],
+            "target_ids": _ids_spec("target_ids"),
+        }
+        if layout.seq2seq
+        else {"token_ids": ids}
+    )
     return module, {
-        "serving_default": tf.function(
-            serve, input_signature=[{"token_ids": ids}]
-        ),
+        "serving_default": tf.function(serve, input_signature=[whole]),
         "prefill": tf.function(
-            prefill, input_signature=[{"token_ids": ids, "lengths": lengths}]
+            prefill,
+            input_signature=[{**source, "token_ids": ids, "lengths": lengths}],
         ),
         "decode": tf.function(
             decode,
             input_signature=[
-                {"token_ids": token, "positions": positions, **caches}
+                {"token_ids": token, "positions": positions, **layout.specs()}
             ],
         ),
     }
@@ -99,7 +186,8 @@ def tflite_signatures(model, max_length):
 
 def calibration_for_generation(model, batches, max_length):
     """int8 calibration for the three signatures: each batch of ids from
-    `batches` (a generator function of `{"token_ids": ids}`) as a whole
+    `batches` (a generator function of `{"token_ids": ids}`, or of
+    `{"source_ids": ..., "target_ids": ...}` for a seq2seq) as a whole
     sequence, as prompts for `prefill`, and its last real token through
     `decode` with the cache Keras computes for the rest.
 
@@ -107,32 +195,36 @@ def calibration_for_generation(model, batches, max_length):
         A generator function of `(signature name, inputs)`, as the
         converter takes for a file of several signatures.
     """
-    attention = model.transformer_blocks[0].self_attention
-    shape = (2, max_length, attention.num_heads, attention.key_dim)
-    names = [f"cache_{i}" for i in range(len(model.transformer_blocks))]
+    layout = _Layout(model, max_length)
+    pad_id = model.pad_id or 0
 
     def generate():
         for batch in batches():
-            ids = np.asarray(batch["token_ids"], "int32")[:, :max_length]
-            lengths = (ids != (model.pad_id or 0)).sum(axis=1).astype("int32")
+            name = "target_ids" if layout.seq2seq else "token_ids"
+            ids = np.asarray(batch[name], "int32")[:, :max_length]
+            source = {}
+            if layout.seq2seq:
+                source = {
+                    "source_ids": np.asarray(batch["source_ids"], "int32")
+                }
+            lengths = (ids != pad_id).sum(axis=1).astype("int32")
             lengths = np.maximum(lengths, 2)
-            yield "serving_default", {"token_ids": ids}
-            yield "prefill", {"token_ids": ids, "lengths": lengths}
-            empty = [np.zeros((len(ids), *shape), "float32") for _ in names]
+            yield "serving_default", {name: ids, **source}
+            yield "prefill", {**source, "token_ids": ids, "lengths": lengths}
             before = np.where(
-                np.arange(ids.shape[1]) < (lengths - 1)[:, None], ids, 0
+                np.arange(ids.shape[1]) < (lengths - 1)[:, None], ids, pad_id
             )
-            _, caches = model.call_with_cache(before, empty, 0)
+            cache = layout.start(len(ids), source.get("source_ids"))
+            _, cache = model.call_with_cache(before, cache, 0)
             last = ids[np.arange(len(ids)), lengths - 1]
+            named = layout.named(cache)
             yield (
                 "decode",
                 {
                     "token_ids": last,
                     "positions": lengths - 1,
-                    **{
-                        n: np.asarray(c)
-                        for n, c in zip(names, caches, strict=True)
-                    },
+                    **source,
+                    **{n: np.asarray(c) for n, c in named.items()},
                 },
             )
 
@@ -140,15 +232,16 @@ def calibration_for_generation(model, batches, max_length):
 
 
 class TFLiteGenerator:
-    """Generation over a causal LM's TFLite file, in numpy: what an app
-    runs (prefill once, then one `decode` per new token).
+    """Generation over a causal LM's or a seq2seq's TFLite file, in numpy:
+    what an app runs (prefill once, then one `decode` per new token).
 
     Greedy decoding gives the same tokens as `generation.generate`;
     sampling (top-k, top-p, temperature) draws with numpy's generator from
     `seed`, so it is reproducible but not Keras' draws.
 
     Args:
-        path: a `.tflite` file from `export.to_tflite` of a `CausalLM`.
+        path: a `.tflite` file from `export.to_tflite` of a `CausalLM` or
+            a `Seq2Seq`.
         pad_id: int. The model's padding id (never generated). Defaults to
             `0`.
     """
@@ -162,37 +255,42 @@ class TFLiteGenerator:
             if not {"prefill", "decode"} <= set(signatures):
                 raise ValueError(
                     f"{str(path)!r} has no prefill and decode signatures "
-                    f"(it has {sorted(signatures)}): export a CausalLM"
+                    f"(it has {sorted(signatures)}): export a CausalLM or a "
+                    "Seq2Seq"
                 )
             self._prefill = interpreter.get_signature_runner("prefill")
             self._decode = interpreter.get_signature_runner("decode")
         inputs = self._decode.get_input_details()
-        self.cache_names = sorted(
-            (name for name in inputs if name.startswith("cache_")),
-            key=lambda name: int(name.split("_")[1]),
-        )
         self.max_length = int(inputs["cache_0"]["shape_signature"][2])
+        # An encoder-decoder's file: prefill and decode take the sources.
+        self.takes_sources = "source_ids" in inputs
         self.pad_id = pad_id
 
-    def prefill(self, token_ids, lengths):
-        """Logits `(B, V)` after each prompt, and the caches (a dict)."""
+    def prefill(self, token_ids, lengths, source_ids=None):
+        """Logits `(B, V)` after each prompt, and the caches (a dict: with
+        `source_ids`, the cross-attention ones too)."""
+        feed = {"source_ids": source_ids} if self.takes_sources else {}
         with held_back_stderr():
             out = self._prefill(
                 token_ids=np.asarray(token_ids, "int32"),
                 lengths=np.asarray(lengths, "int32"),
+                **{k: np.asarray(v, "int32") for k, v in feed.items()},
             )
         return out.pop("logits"), out
 
-    def decode(self, tokens, positions, caches):
+    def decode(self, tokens, positions, caches, source_ids=None):
         """Logits `(B, V)` of one token per row at `positions`, and the
-        updated caches."""
+        caches, the self-attention ones updated."""
+        feed = dict(caches)
+        if self.takes_sources:
+            feed["source_ids"] = np.asarray(source_ids, "int32")
         with held_back_stderr():
             out = self._decode(
                 token_ids=np.asarray(tokens, "int32"),
                 positions=np.asarray(positions, "int32"),
-                **caches,
+                **feed,
             )
-        return out.pop("logits"), out
+        return out.pop("logits"), {**caches, **out}
 
     def generate(
         self,
@@ -203,8 +301,10 @@ class TFLiteGenerator:
         temperature=1.0,
         seed=0,
         end_id=None,
+        sources=None,
     ):
-        """New tokens for each prompt, as `generation.generate`.
+        """New tokens for each prompt, as `generation.generate` (`sources`
+        for an encoder-decoder's file, and only then).
 
         Raises:
             ValueError: for a prompt and its new tokens longer than the
@@ -212,6 +312,7 @@ class TFLiteGenerator:
         """
         max_new_tokens = check_int("max_new_tokens", max_new_tokens, minimum=1)
         lengths, ids = generation.pad_prompts(prompts, self.pad_id)
+        source_ids = self._sources(sources, len(ids))
         longest = int(lengths.max())
         if longest + max_new_tokens > self.max_length:
             raise ValueError(
@@ -232,7 +333,7 @@ class TFLiteGenerator:
             )
         rng = np.random.default_rng(check_int("seed", seed))
         choose = _chooser(self.pad_id, top_k, top_p, temperature, rng)
-        logits, caches = self.prefill(ids, lengths)
+        logits, caches = self.prefill(ids, lengths, source_ids)
         tokens = np.zeros((len(ids), max_new_tokens), "int32")
         done = np.zeros(len(ids), bool)
         for step in range(max_new_tokens):
@@ -242,7 +343,7 @@ class TFLiteGenerator:
             if done.all() or step + 1 == max_new_tokens:
                 break
             logits, caches = self.decode(
-                tokens[:, step], lengths + step, caches
+                tokens[:, step], lengths + step, caches, source_ids
             )
         rows = tokens.tolist()
         if end_id is None:
@@ -251,6 +352,22 @@ class TFLiteGenerator:
             row[: row.index(end_id) + 1] if end_id in row else row
             for row in rows
         ]
+
+    def _sources(self, sources, count):
+        """The sources, right-padded, for an encoder-decoder's file."""
+        if not self.takes_sources:
+            if sources is not None:
+                raise ValueError(
+                    "sources are for an encoder-decoder's file; this one is "
+                    "a causal LM's, which continues its prompts alone"
+                )
+            return None
+        if sources is None:
+            raise ValueError(
+                "This TFLite file is an encoder-decoder's: pass sources=, "
+                "one source token id list per prompt"
+            )
+        return generation.pad_sources(sources, count, self.pad_id)
 
 
 def _chooser(pad_id, top_k, top_p, temperature, rng):
