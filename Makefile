@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: demo test test-long test-backends lint format clean bench bench-quick \
+.PHONY: demo test test-examples test-long test-backends lint format clean bench bench-quick \
 	pictures examples
 
 $(PY):
@@ -27,10 +27,16 @@ demo: $(STAMP)
 # file to a worker: 7 min 42 s on 2 cores instead of 12 min 14 s.
 PYTEST := -m pytest -q -n auto --dist loadfile
 
+# Everything but the examples' end-to-end runs (make test-examples).
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(PY) $(PYTEST)
+	$(PY) $(PYTEST) -m "not example_run"
+
+# The examples' --quick runs, end to end: each trains, exports and
+# generates through the command, as a user runs it (one per worker).
+test-examples: $(STAMP)
+	$(PY) -m pytest -q -n auto --dist load -m example_run tests/test_examples.py
 
 # Benchmarks need keras-hub, an anchor, never a runtime dependency.
 BENCH_STAMP := $(VENV)/.installed-bench

@@ -106,16 +106,10 @@ def _tflite_speed(model, prompt, quick):
         )
     }
     with tempfile.TemporaryDirectory() as folder:
-        for quantization in (None, "dynamic_range"):
-            path = export.to_tflite(
-                model,
-                pathlib.Path(folder) / f"{quantization}.tflite",
-                quantization=quantization,
-                max_length=len(prompt) + NEW_TOKENS,
-            )
+        files = _tflite_files(model, folder, len(prompt) + NEW_TOKENS)
+        for name, path in files.items():
             generator = export.TFLiteGenerator(path)
-            name = f"TFLite {quantization or 'float32'}"
-            if quantization is None:
+            if name == "TFLite float32":
                 tokens = generator.generate([prompt], NEW_TOKENS)
                 if tokens != greedy:
                     raise AssertionError("TFLite and Keras tokens differ")
@@ -169,14 +163,9 @@ def _quantized_accuracy(model_dir="saved_models/text_generation"):
         "Keras float32": _accuracy(lambda ids: np.asarray(model(ids)), batches)
     }
     with tempfile.TemporaryDirectory() as folder:
-        for quantization in (None, "dynamic_range"):
-            path = export.to_tflite(
-                model,
-                pathlib.Path(folder) / f"{quantization}.tflite",
-                quantization=quantization,
-            )
+        for name, path in _tflite_files(model, folder).items():
             run = export.tflite_runner(path)
-            accuracy[f"TFLite {quantization or 'float32'}"] = _accuracy(
+            accuracy[name] = _accuracy(
                 lambda ids, run=run: run(token_ids=ids)["outputs"], batches
             )
     drop = accuracy["TFLite float32"] - accuracy["TFLite dynamic_range"]
@@ -196,6 +185,20 @@ def _quantized_accuracy(model_dir="saved_models/text_generation"):
     ]
     lines += [f"| {name} | {value:.3f} |" for name, value in accuracy.items()]
     return lines
+
+
+def _tflite_files(model, folder, max_length=None):
+    """`{"TFLite float32": path, "TFLite dynamic_range": path}`, written
+    into `folder`."""
+    return {
+        f"TFLite {quantization or 'float32'}": export.to_tflite(
+            model,
+            pathlib.Path(folder) / f"{quantization}.tflite",
+            quantization=quantization,
+            max_length=max_length,
+        )
+        for quantization in (None, "dynamic_range")
+    }
 
 
 def _accuracy(logits_of, batches):

@@ -48,22 +48,11 @@ def test_decoding_a_batch_equals_decoding_each_source_alone():
         dropout=0.0,
     )
     sources = [s for s, _ in translation.pairs(5, seed=3)]
-    together = translation.decode(model, translation.encode(sources), 6)
-    alone = [
-        translation.decode(model, translation.encode([s]), 6)[0]
-        for s in sources
-    ]
+    together = translation.translate(model, sources, 6)
+    alone = [translation.translate(model, [s], 6)[0] for s in sources]
     assert together == alone
     assert len({len(s) for s in sources}) > 1  # really different lengths
-    assert np.isfinite(
-        model.predict(
-            {
-                "source_ids": translation.encode(sources),
-                "target_ids": np.full((5, 1), translation.BOS, "int32"),
-            },
-            verbose=0,
-        )
-    ).all()
+    assert together == translation.translate(model, sources, 6, use_cache=False)
 
 
 def test_language_model_batches_shift_by_one():
@@ -76,6 +65,7 @@ def test_language_model_batches_shift_by_one():
     np.testing.assert_array_equal(targets, [[5, 6, 3, 0]])
 
 
+@pytest.mark.example_run
 def test_text_generation_quick_run_passes_its_checks():
     run = _run(
         [
@@ -90,6 +80,19 @@ def test_text_generation_quick_run_passes_its_checks():
     assert len(checks) == 9, run.stdout
     assert all(": True" in line for line in checks), run.stdout
     assert "failed call to cuInit" not in run.stderr
+
+
+@pytest.mark.example_run
+def test_translation_quick_run_passes_its_checks():
+    run = _run(
+        [sys.executable, str(ROOT / "examples" / "translation.py"), "--quick"],
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    checks = [line for line in run.stdout.splitlines() if " == " in line]
+    assert len(checks) == 3, run.stdout
+    assert all(": True" in line for line in checks), run.stdout
+    assert "the same translations: True" in run.stdout
 
 
 def test_log_mel_features_of_a_tone():

@@ -6,18 +6,13 @@ and `decode` signatures)."""
 import json
 
 from keras_dynmask.app.serving_cli import _load_keras
-from keras_dynmask.app.serving_cli import _vocabulary
 from keras_dynmask.app.serving_cli import artifact_at
+from keras_dynmask.app.serving_cli import tokenizer_for
 
 
 def run_generate(args):
     artifact = artifact_at(args.model)
-    tokenizer = None
-    vocabulary = _vocabulary(args.vocabulary, artifact)
-    if vocabulary is not None:
-        from keras_dynmask.tf.tokenizer import WordPieceTokenizer
-
-        tokenizer = WordPieceTokenizer.load(vocabulary)
+    tokenizer = tokenizer_for(args.vocabulary, artifact)
     if args.prompts and tokenizer is None:
         raise ValueError(
             "Text prompts need the model's vocabulary.txt: none was found "

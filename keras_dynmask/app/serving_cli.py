@@ -6,18 +6,24 @@ import pathlib
 import numpy as np
 
 
-def _vocabulary(given, near):
-    """The vocabulary file given, or one found beside `near` (a model
-    folder, a version folder, or the text model's `text/VERSION/`)."""
+def tokenizer_for(given, near):
+    """The `WordPieceTokenizer` of the vocabulary file given, or of one
+    found beside `near` (a model folder, a version folder, or the text
+    model's `text/VERSION/`); `None` when there is none."""
+    path = None
     if given:
         path = pathlib.Path(given)
         if not path.exists():
             raise ValueError(f"No vocabulary at {given!r}")
-        return path
-    for folder in (near, *near.parents[:3]):
+    for folder in () if given else (near, *near.parents[:3]):
         if (folder / "vocabulary.txt").exists():
-            return folder / "vocabulary.txt"
-    return None
+            path = folder / "vocabulary.txt"
+            break
+    if path is None:
+        return None
+    from keras_dynmask.tf.tokenizer import WordPieceTokenizer
+
+    return WordPieceTokenizer.load(path)
 
 
 def artifact_at(path):
@@ -56,7 +62,6 @@ def _load_keras(path):
 
 def run_export(args):
     from keras_dynmask.tf import export
-    from keras_dynmask.tf.tokenizer import WordPieceTokenizer
 
     if not args.saved_model and not args.tflite:
         raise ValueError(
@@ -68,8 +73,7 @@ def run_export(args):
     if source.suffix != ".keras" or not source.is_file():
         raise ValueError(f"No .keras model file at {args.model!r}")
     model = _load_keras(source)
-    vocabulary = _vocabulary(args.vocabulary, source.parent)
-    tokenizer = WordPieceTokenizer.load(vocabulary) if vocabulary else None
+    tokenizer = tokenizer_for(args.vocabulary, source.parent)
     if tokenizer is not None:
         sample = tokenizer.encode(
             ["Return the [MASK] of items in a list.", "The [MASK] is here."]
@@ -111,12 +115,7 @@ def run_export(args):
 
 def run_predict(args):
     artifact = artifact_at(args.artifact)
-    tokenizer = None
-    vocabulary = _vocabulary(args.vocabulary, artifact)
-    if vocabulary is not None:
-        from keras_dynmask.tf.tokenizer import WordPieceTokenizer
-
-        tokenizer = WordPieceTokenizer.load(vocabulary)
+    tokenizer = tokenizer_for(args.vocabulary, artifact)
     if args.text is not None and tokenizer is None:
         raise ValueError(
             "--text needs the model's vocabulary.txt: none was found beside "

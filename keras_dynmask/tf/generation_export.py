@@ -79,7 +79,8 @@ class GenerationModule(tf.Module):
         self.generate = self._generate()
 
     def write_out(self, path, verbose=False):
-        """Writes the SavedModel to `path` (as `ExportArchive.write_out`)."""
+        """Writes the SavedModel to `path` (as `ExportArchive.write_out`,
+        whose `verbose` summary it does not print)."""
         del verbose
         signatures = {"serving_default": self.serve, "generate": self.generate}
         tf.saved_model.save(self, str(path), signatures=signatures)
