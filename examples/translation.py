@@ -254,7 +254,7 @@ def through_exports(model, output, sources):
         "--tflite",
         output / "model.tflite",
         "--max-length",
-        32,
+        64,
     )
     print(f"\nExported to {output}/: serving/ (TF Serving), model.tflite")
     from keras_dynmask.models import generation

@@ -35,6 +35,20 @@ def padded_ids(lengths, total_length, pad_id=0, seed=0):
     return ids
 
 
+def right_padded(rows, pad_id=0):
+    """int32 `(len(rows), longest)`: each row of ids, padded on the right."""
+    ids = np.full((len(rows), max(map(len, rows))), pad_id, "int32")
+    for index, row in enumerate(rows):
+        ids[index, : len(row)] = row
+    return ids
+
+
+def cut_rows(tokens, lengths):
+    """Row `b` of `tokens` as a list, its first `lengths[b]` ids."""
+    rows = np.asarray(tokens).tolist()
+    return [row[:n] for row, n in zip(rows, lengths, strict=True)]
+
+
 def input_gradient(function, x):
     """The gradient of the scalar `function(x)` with respect to `x`, as
     numpy, on whichever Keras backend is running."""

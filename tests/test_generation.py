@@ -280,6 +280,37 @@ def test_nucleus_sampling_keeps_to_the_nucleus():
     assert abs(counts[0.7][1] / 2000 - 0.625) < 0.04, counts[0.7]
 
 
+def test_a_causal_lm_fed_in_pieces_equals_the_whole_model():
+    """The cache stacked or as a list per block; rows at their own
+    positions."""
+    model = shared_lm()
+    ids = np.array([[5, 6, 7, 8, 9, 10], [11, 12, 13, 14, 15, 16]])
+    whole = ops.convert_to_numpy(model(ids))
+    for per_block in (False, True):
+        cache = model.init_cache(2, 6, per_block=per_block)
+        if per_block:
+            assert [tuple(c.shape) for c in cache] == [(2, 2, 6, 2, 8)] * 2
+        else:
+            assert tuple(cache.shape) == (2, 2, 2, 6, 2, 8)
+        logits, cache = model.call_with_cache(ids[:, :3], cache, 0)
+        np.testing.assert_allclose(
+            ops.convert_to_numpy(logits), whole[:, :3], atol=1e-5
+        )
+        assert isinstance(cache, list) == per_block
+        # Row 1 writes position 2 again, then both go on one at a time.
+        positions = np.array([3, 2])
+        while positions.max() < 6:
+            tokens = ids[np.arange(2), np.minimum(positions, 5)][:, None]
+            logits, cache = model.call_with_cache(tokens, cache, positions)
+            for row in np.flatnonzero(positions < 6):
+                np.testing.assert_allclose(
+                    ops.convert_to_numpy(logits)[row, 0],
+                    whole[row, positions[row]],
+                    atol=1e-5,
+                )
+            positions = positions + 1
+
+
 @pytest.mark.tensorflow_only
 def test_each_step_is_one_traced_function_of_one_position():
     """Under tf.function the model's `call_with_cache` runs in Python only

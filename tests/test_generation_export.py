@@ -14,6 +14,8 @@ from keras_dynmask.tf.tokenizer import SPECIAL_TOKENS
 from keras_dynmask.tf.tokenizer import WordPieceTokenizer
 from tests.helpers import SIZES
 from tests.helpers import VOCABULARY
+from tests.helpers import cut_rows
+from tests.helpers import right_padded
 from tests.helpers import serve_in_fresh_process
 from tests.serving import serve_grpc
 from tests.serving import serve_rest
@@ -22,18 +24,6 @@ pytestmark = pytest.mark.tensorflow_only
 
 PROMPTS = [[5, 6, 7], [8], [9, 10, 11, 12, 13, 3], [4, 4]]
 WORDS = "the list of values is returned by this function and a new file".split()
-
-
-def _padded(prompts):
-    ids = np.zeros((len(prompts), max(map(len, prompts))), "int32")
-    for row, prompt in enumerate(prompts):
-        ids[row, : len(prompt)] = prompt
-    return ids
-
-
-def _rows(tokens, lengths):
-    rows = np.asarray(tokens).tolist()
-    return [row[:n] for row, n in zip(rows, lengths, strict=True)]
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +60,7 @@ def test_generate_signature_gives_the_tokens_of_keras(exported, settings):
     want = generation.generate(model, PROMPTS, **_python_settings(settings))
     generate = loaded.signatures["generate"]
     feed = {
-        "token_ids": tf.constant(_padded(PROMPTS)),
+        "token_ids": tf.constant(right_padded(PROMPTS)),
         "max_new_tokens": tf.constant(settings["max_new_tokens"]),
         "top_k": tf.constant(settings.get("top_k", 1)),
         "top_p": tf.constant(float(settings.get("top_p", 1.0))),
@@ -79,7 +69,7 @@ def test_generate_signature_gives_the_tokens_of_keras(exported, settings):
         "end_id": tf.constant(-1),
     }
     out = generate(**feed)
-    assert _rows(out["token_ids"], out["lengths"].numpy()) == want
+    assert cut_rows(out["token_ids"], out["lengths"].numpy()) == want
 
 
 def test_generate_stops_rows_at_the_end_id_and_pads_after(exported):
@@ -90,14 +80,14 @@ def test_generate_stops_rows_at_the_end_id_and_pads_after(exported):
         model, PROMPTS, 8, top_k=4, seed=5, end_id=end_id
     )
     got = loaded.generate(
-        tf.constant(_padded(PROMPTS)),
+        tf.constant(right_padded(PROMPTS)),
         max_new_tokens=tf.constant(8),
         top_k=tf.constant(4),
         seed=tf.constant(5, tf.int64),
         end_id=tf.constant(end_id),
     )
     tokens, lengths = got["token_ids"].numpy(), got["lengths"].numpy()
-    assert _rows(tokens, lengths) == want
+    assert cut_rows(tokens, lengths) == want
     for row, n in enumerate(lengths):
         assert (tokens[row, n:] == 0).all()
 
@@ -108,7 +98,7 @@ def test_generate_through_requests_and_json_with_defaults(exported):
     from tensorflow_serving.apis import predict_pb2
 
     model, saved, _ = exported
-    ids = _padded(PROMPTS)
+    ids = right_padded(PROMPTS)
     greedy = generation.generate(model, PROMPTS, 32)
     sampled = generation.generate(model, PROMPTS, 5, top_k=3, seed=9)
 
@@ -122,7 +112,7 @@ def test_generate_through_requests_and_json_with_defaults(exported):
     response = serve_grpc(saved, request)
     tokens = tf.make_ndarray(response.outputs["token_ids"])
     lengths = tf.make_ndarray(response.outputs["lengths"])
-    assert _rows(tokens, lengths) == sampled
+    assert cut_rows(tokens, lengths) == sampled
 
     rows = json.dumps(
         {
@@ -145,20 +135,20 @@ def test_generate_through_requests_and_json_with_defaults(exported):
         }
     )
     answer = serve_rest(saved, columns)["outputs"]
-    assert _rows(answer["token_ids"], answer["lengths"]) == sampled
+    assert cut_rows(answer["token_ids"], answer["lengths"]) == sampled
 
 
 def test_generate_in_a_process_without_this_package(exported):
     model, saved, _ = exported
     want = generation.generate(model, PROMPTS, 4, top_k=6, seed=1)
     feed = (
-        f"token_ids=tf.constant({_padded(PROMPTS).tolist()}), "
+        f"token_ids=tf.constant({right_padded(PROMPTS).tolist()}), "
         "max_new_tokens=tf.constant(4), top_k=tf.constant(6), "
         "top_p=tf.constant(1.0), temperature=tf.constant(1.0), "
         "seed=tf.constant(1, tf.int64), end_id=tf.constant(-1)"
     )
     got = serve_in_fresh_process(saved, "generate", feed)
-    assert _rows(got["token_ids"], got["lengths"]) == want
+    assert cut_rows(got["token_ids"], got["lengths"]) == want
 
 
 @pytest.mark.parametrize(
@@ -174,7 +164,7 @@ def test_bad_settings_are_named(exported, settings, message):
     _, _, loaded = exported
     feed = {k: tf.constant(v) for k, v in settings.items()}
     with pytest.raises(tf.errors.InvalidArgumentError, match=message):
-        loaded.generate(tf.constant(_padded(PROMPTS)), **feed)
+        loaded.generate(tf.constant(right_padded(PROMPTS)), **feed)
 
 
 @pytest.mark.parametrize(
@@ -263,7 +253,7 @@ def test_tflite_greedy_gives_the_tokens_and_logits_of_keras(tflite, prompts):
     assert generator.generate(prompts, 8) == want
     # Step by step through the signatures, feeding Keras' tokens.
     lengths = np.array([len(p) for p in prompts], "int32")
-    logits, caches = generator.prefill(_padded(prompts), lengths)
+    logits, caches = generator.prefill(right_padded(prompts), lengths)
     tokens = np.array(want, "int32")
     for step in range(8):
         np.testing.assert_allclose(logits, want_logits[:, step], atol=1e-4)
@@ -285,7 +275,7 @@ def test_tflite_file_has_three_builtin_signatures(tflite):
     assert sorted(signatures["decode"]["outputs"]) == sorted(
         [*caches, "logits"]
     )
-    ids = _padded(PROMPTS)
+    ids = right_padded(PROMPTS)
     assert export.parity(model, ids, tflite=path)["tflite"] <= 1e-4
 
 
@@ -366,8 +356,8 @@ def test_quantized_tflite_generates(tmp_path, quantization):
     lengths = np.array([len(p) for p in PROMPTS], "int32")
     gaps = []
     plain, small = export.TFLiteGenerator(plain), export.TFLiteGenerator(small)
-    want, want_caches = plain.prefill(_padded(PROMPTS), lengths)
-    got, caches = small.prefill(_padded(PROMPTS), lengths)
+    want, want_caches = plain.prefill(right_padded(PROMPTS), lengths)
+    got, caches = small.prefill(right_padded(PROMPTS), lengths)
     gaps.append(np.abs(got - want).max() / np.abs(want).max())
     token = np.array([5, 6, 7, 8], "int32")
     want, _ = plain.decode(token, lengths, want_caches)

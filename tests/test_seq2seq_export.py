@@ -13,6 +13,8 @@ from keras_dynmask.models import generation
 from keras_dynmask.tf import export
 from tests.helpers import SIZES
 from tests.helpers import VOCABULARY
+from tests.helpers import cut_rows
+from tests.helpers import right_padded
 from tests.serving import serve_grpc
 from tests.serving import serve_rest
 
@@ -20,15 +22,6 @@ pytestmark = pytest.mark.tensorflow_only
 
 SOURCES = [[5, 6, 7], [8, 9], [3, 4, 5, 6, 7, 8, 9], [11]]
 PROMPTS = [[1], [1, 4], [1], [1, 7, 8]]
-
-
-def _padded(rows):
-    return generation.pad_prompts(rows, 0)[1]
-
-
-def _rows(tokens, lengths):
-    rows = np.asarray(tokens).tolist()
-    return [row[:n] for row, n in zip(rows, lengths, strict=True)]
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +58,8 @@ def test_generate_gives_the_tokens_of_keras(exported, settings):
     )
     sampled = top_k is not None or "top_p" in settings
     out = loaded.signatures["generate"](
-        source_ids=tf.constant(_padded(SOURCES)),
-        token_ids=tf.constant(_padded(PROMPTS)),
+        source_ids=tf.constant(right_padded(SOURCES)),
+        token_ids=tf.constant(right_padded(PROMPTS)),
         max_new_tokens=tf.constant(settings["max_new_tokens"]),
         top_k=tf.constant(top_k or (0 if sampled else 1)),
         top_p=tf.constant(float(settings.get("top_p", 1.0))),
@@ -74,7 +67,7 @@ def test_generate_gives_the_tokens_of_keras(exported, settings):
         seed=tf.constant(settings.get("seed", 0), tf.int64),
         end_id=tf.constant(-1),
     )
-    assert _rows(out["token_ids"], out["lengths"].numpy()) == want
+    assert cut_rows(out["token_ids"], out["lengths"].numpy()) == want
 
 
 def test_generate_through_requests_with_defaults(exported):
@@ -92,12 +85,12 @@ def test_generate_through_requests_with_defaults(exported):
     request.model_spec.name = "translator"
     request.model_spec.signature_name = "generate"
     for name, rows in (("source_ids", SOURCES), ("token_ids", PROMPTS)):
-        request.inputs[name].CopyFrom(tf.make_tensor_proto(_padded(rows)))
+        request.inputs[name].CopyFrom(tf.make_tensor_proto(right_padded(rows)))
     request.inputs["end_id"].CopyFrom(tf.make_tensor_proto(end_id))
     response = serve_grpc(saved, request)
     tokens = tf.make_ndarray(response.outputs["token_ids"])
     lengths = tf.make_ndarray(response.outputs["lengths"])
-    assert _rows(tokens, lengths) == stopped
+    assert cut_rows(tokens, lengths) == stopped
 
     rows = json.dumps(
         {
@@ -105,8 +98,8 @@ def test_generate_through_requests_with_defaults(exported):
             "instances": [
                 {"source_ids": source, "token_ids": prompt}
                 for source, prompt in zip(
-                    _padded(SOURCES).tolist(),
-                    _padded(PROMPTS).tolist(),
+                    right_padded(SOURCES).tolist(),
+                    right_padded(PROMPTS).tolist(),
                     strict=True,
                 )
             ],
@@ -118,7 +111,7 @@ def test_generate_through_requests_with_defaults(exported):
 
 def test_serving_default_gives_the_logits(exported):
     model, _, loaded = exported
-    source, target = _padded(SOURCES), _padded(PROMPTS)
+    source, target = right_padded(SOURCES), right_padded(PROMPTS)
     want = model({"source_ids": source, "target_ids": target})
     got = loaded.signatures["serving_default"](
         source_ids=tf.constant(source), target_ids=tf.constant(target)
@@ -138,7 +131,7 @@ def test_bad_sources_are_named(exported, sources, message):
     _, _, loaded = exported
     with pytest.raises(tf.errors.InvalidArgumentError, match=message):
         loaded.generate(
-            tf.constant(sources, tf.int32), tf.constant(_padded(PROMPTS))
+            tf.constant(sources, tf.int32), tf.constant(right_padded(PROMPTS))
         )
 
 
@@ -173,8 +166,10 @@ def test_tflite_greedy_gives_the_tokens_and_logits_of_keras(tflite):
     assert generator.generate(PROMPTS, 8, sources=SOURCES) == want
     # Step by step through the signatures, feeding Keras' tokens.
     lengths = np.array([len(p) for p in PROMPTS], "int32")
-    source_ids = _padded(SOURCES)
-    logits, caches = generator.prefill(_padded(PROMPTS), lengths, source_ids)
+    source_ids = right_padded(SOURCES)
+    logits, caches = generator.prefill(
+        right_padded(PROMPTS), lengths, source_ids
+    )
     tokens = np.array(want, "int32")
     for step in range(8):
         np.testing.assert_allclose(logits, want_logits[:, step], atol=1e-4)
@@ -204,7 +199,10 @@ def test_tflite_signatures_and_end_id(tflite):
     assert sorted(signatures["decode"]["outputs"]) == sorted(
         [*caches, "logits"]
     )
-    inputs = {"source_ids": _padded(SOURCES), "target_ids": _padded(PROMPTS)}
+    inputs = {
+        "source_ids": right_padded(SOURCES),
+        "target_ids": right_padded(PROMPTS),
+    }
     assert export.parity(model, inputs, tflite=path)["tflite"] <= 1e-4
     free = generation.generate(model, PROMPTS, 8, sources=SOURCES)
     end_id = free[1][2]
@@ -239,7 +237,7 @@ def test_dynamic_range_tflite_translates_near_keras(tmp_path):
         max_length=16,
     )
     lengths = np.array([len(p) for p in PROMPTS], "int32")
-    source_ids, target_ids = _padded(SOURCES), _padded(PROMPTS)
+    source_ids, target_ids = right_padded(SOURCES), right_padded(PROMPTS)
     want = np.asarray(
         model({"source_ids": source_ids, "target_ids": target_ids})
     )[np.arange(len(PROMPTS)), lengths - 1]

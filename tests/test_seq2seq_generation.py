@@ -12,6 +12,7 @@ from keras_dynmask import models
 from keras_dynmask.models import generation
 from tests.helpers import SIZES
 from tests.helpers import VOCABULARY
+from tests.helpers import right_padded
 from tests.helpers import to_numpy
 
 SOURCE_VOCABULARY = 30
@@ -24,10 +25,6 @@ PROMPTS = [[1], [1, 4], [1], [1, 7, 8]]
 def seq2seq():
     keras.utils.set_random_seed(2)
     return models.build_seq2seq(SOURCE_VOCABULARY, VOCABULARY, **SIZES)
-
-
-def _padded(rows):
-    return generation.pad_prompts(rows, 0)[1]
 
 
 def test_a_block_reading_its_context_cache_equals_reading_the_context():
@@ -66,21 +63,26 @@ def test_a_block_without_cross_attention_has_no_context_cache():
 def test_decoding_in_pieces_equals_the_whole_model():
     """Rows at their own positions; the cache stacked or per block."""
     model = seq2seq()
-    source = _padded(SOURCES)
+    source = right_padded(SOURCES)
     target = np.array(
         [[1, 12, 13, 14, 15], [1, 4, 16, 17, 0], [1, 18, 19, 20, 21], [1] * 5]
     )
     whole = to_numpy(model({"source_ids": source, "target_ids": target}))
     for per_block in (False, True):
-        cache = model.init_cache(source, 5)
-        assert tuple(cache["self"].shape) == (4, 2, 2, 5, 2, 8)
-        assert tuple(cache["cross"].shape) == (4, 2, 2, 7, 2, 8)
+        cache = model.init_cache(source, 5, per_block=per_block)
         if per_block:
-            cache = {
-                **cache,
-                "self": [cache["self"][:, i] for i in range(2)],
-                "cross": [cache["cross"][:, i] for i in range(2)],
-            }
+            stacked = model.init_cache(source, 5)
+            for part, length in (("self", 5), ("cross", 7)):
+                assert [tuple(c.shape) for c in cache[part]] == [
+                    (4, 2, length, 2, 8)
+                ] * 2
+                np.testing.assert_array_equal(
+                    np.stack([to_numpy(c) for c in cache[part]], 1),
+                    to_numpy(stacked[part]),
+                )
+        else:
+            assert tuple(cache["self"].shape) == (4, 2, 2, 5, 2, 8)
+            assert tuple(cache["cross"].shape) == (4, 2, 2, 7, 2, 8)
         logits, cache = model.call_with_cache(target[:, :2], cache, 0)
         np.testing.assert_allclose(to_numpy(logits), whole[:, :2], atol=1e-5)
         assert isinstance(cache["self"], list) == per_block

@@ -107,34 +107,35 @@ class CausalLM(keras.Model):
     def final_norm(self):
         return self.get_layer("final_norm")
 
-    def init_cache(self, batch_size, max_length):
+    def init_cache(self, batch_size, max_length, per_block=False):
         """An empty key/value cache for `max_length` positions.
 
         Args:
             batch_size, max_length: ints, or scalar int tensors inside a
                 traced function.
+            per_block: bool; a list of each block's cache `(batch_size,
+                2, max_length, num_heads, key_dim)` instead of one stacked
+                tensor (no tensor over 5 dimensions, as TFLite's builtins
+                take).
 
         Returns:
             zeros `(batch_size, num_layers, 2, max_length, num_heads,
             key_dim)` in the blocks' compute dtype: keys then values of
-            every block.
+            every block (or the list of them, with `per_block`).
         """
         if not ops.is_tensor(batch_size):
             batch_size = check_int("batch_size", batch_size, minimum=1)
         if not ops.is_tensor(max_length):
             max_length = check_int("max_length", max_length, minimum=1)
         attention = self.transformer_blocks[0].self_attention
-        return ops.zeros(
-            (
-                batch_size,
-                self._config["num_layers"],
-                2,
-                max_length,
-                attention.num_heads,
-                attention.key_dim,
-            ),
-            self.transformer_blocks[0].compute_dtype,
-        )
+        shape = (2, max_length, attention.num_heads, attention.key_dim)
+        dtype = self.transformer_blocks[0].compute_dtype
+        layers = self._config["num_layers"]
+        if per_block:
+            return [
+                ops.zeros((batch_size, *shape), dtype) for _ in range(layers)
+            ]
+        return ops.zeros((batch_size, layers, *shape), dtype)
 
     def call_with_cache(self, token_ids, cache, cache_index):
         """Logits for `token_ids` placed at `cache_index`, and the cache.

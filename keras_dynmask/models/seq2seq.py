@@ -120,7 +120,7 @@ class Seq2Seq(keras.Model):
             x = block(x)
         return self.get_layer("encoder_norm")(x)
 
-    def init_cache(self, source_ids, max_length):
+    def init_cache(self, source_ids, max_length, per_block=False):
         """The decoding state of `source_ids` for `max_length` target
         positions: the encoder runs here, once.
 
@@ -128,6 +128,10 @@ class Seq2Seq(keras.Model):
             source_ids: int `(B, S)`, right-padded.
             max_length: int, or a scalar int tensor inside a traced
                 function.
+            per_block: bool; `"self"` and `"cross"` as lists of each
+                decoder block's `(B, 2, L, num_heads, key_dim)` instead of
+                stacked tensors (no tensor over 5 dimensions, as TFLite's
+                builtins take).
 
         Returns:
             A dict: `"self"`, zeros `(B, num_layers, 2, max_length,
@@ -143,24 +147,21 @@ class Seq2Seq(keras.Model):
         context = self.encode(source_ids)
         blocks = self.decoder_blocks
         attention = blocks[0].self_attention
+        shape = (2, max_length, attention.num_heads, attention.key_dim)
+        batch = ops.shape(source_ids)[0]
+        dtype = blocks[0].compute_dtype
+        own = [ops.zeros((batch, *shape), dtype) for _ in blocks]
+        cross = [block.context_keys_and_values(context) for block in blocks]
         return {
-            "self": ops.zeros(
-                (
-                    ops.shape(source_ids)[0],
-                    len(blocks),
-                    2,
-                    max_length,
-                    attention.num_heads,
-                    attention.key_dim,
-                ),
-                blocks[0].compute_dtype,
-            ),
-            "cross": ops.stack(
-                [block.context_keys_and_values(context) for block in blocks],
-                axis=1,
-            ),
-            "source_mask": ops.not_equal(source_ids, self.pad_id or 0),
+            "self": own if per_block else ops.stack(own, axis=1),
+            "cross": cross if per_block else ops.stack(cross, axis=1),
+            "source_mask": self.source_mask(source_ids),
         }
+
+    def source_mask(self, source_ids):
+        """bool `(B, S)`: the real (not padding) positions of
+        `source_ids`."""
+        return ops.not_equal(source_ids, self.pad_id or 0)
 
     def call_with_cache(self, token_ids, cache, cache_index):
         """Logits for target `token_ids` placed at `cache_index`, and the

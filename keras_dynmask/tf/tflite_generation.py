@@ -57,7 +57,6 @@ class _Layout:
         self.crosses = (
             [f"cross_{i}" for i in range(len(blocks))] if self.seq2seq else []
         )
-        self.blocks = blocks
 
     def specs(self):
         """`{name: tf.TensorSpec}` of the caches `decode` takes."""
@@ -73,16 +72,11 @@ class _Layout:
     def start(self, batch, source_ids=None):
         """The empty cache of `batch` rows (the encoder's keys and values
         of `source_ids` for a seq2seq), in `call_with_cache`'s form."""
-        shape = (2, self.max_length, *self.heads)
-        empty = [tf.zeros((batch, *shape), tf.float32) for _ in self.caches]
-        if not self.seq2seq:
-            return empty
-        context = self.model.encode(source_ids)
-        return {
-            "self": empty,
-            "cross": [b.context_keys_and_values(context) for b in self.blocks],
-            "source_mask": tf.not_equal(source_ids, self.model.pad_id or 0),
-        }
+        if self.seq2seq:
+            return self.model.init_cache(
+                source_ids, self.max_length, per_block=True
+            )
+        return self.model.init_cache(batch, self.max_length, per_block=True)
 
     def cache(self, inputs):
         """The cache in `call_with_cache`'s form, from named inputs."""
@@ -92,9 +86,7 @@ class _Layout:
         return {
             "self": caches,
             "cross": [inputs[name] for name in self.crosses],
-            "source_mask": tf.not_equal(
-                inputs["source_ids"], self.model.pad_id or 0
-            ),
+            "source_mask": self.model.source_mask(inputs["source_ids"]),
         }
 
     def named(self, cache, crosses=True):
