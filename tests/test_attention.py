@@ -5,6 +5,8 @@ import numpy as np
 import pytest
 
 import keras_dynmask as kd
+from keras_dynmask.attention.softmax import single_query_attention
+from keras_dynmask.attention.softmax import softmax_attention
 from tests.helpers import VOCABULARY
 from tests.helpers import input_gradient
 from tests.helpers import padded_ids
@@ -368,3 +370,37 @@ def test_a_named_window_checkpoint_binds_to_the_same_word(tmp_path):
     model2.load_weights(tmp_path / "w.weights.h5")
     assert int(reordered.pattern_variables["near_left"].numpy()) == 3
     assert int(reordered.pattern_variables["far_left"].numpy()) == 2
+
+
+@pytest.mark.parametrize(
+    "mask_kind", ["none", "shared", "per_head", "empty_row"]
+)
+def test_single_query_attention_equals_softmax_attention(mask_kind):
+    """The decoding step's attention (no key or value transposed) against
+    the general one, with each kind of mask; a row without keys gives
+    zeros and `has_key` False."""
+    rng = np.random.default_rng(0)
+    query = rng.normal(size=(3, 1, 2, 4)).astype("float32")
+    key = rng.normal(size=(3, 6, 2, 4)).astype("float32")
+    value = rng.normal(size=(3, 6, 2, 4)).astype("float32")
+    mask = {
+        "none": None,
+        "shared": rng.random((3, 1, 6)) < 0.6,
+        "per_head": rng.random((3, 2, 1, 6)) < 0.6,
+        "empty_row": np.array(
+            [[[True] * 6], [[False] * 6], [[True] * 3 + [False] * 3]]
+        ),
+    }[mask_kind]
+    got, got_has_key = single_query_attention(query, key, value, mask)
+    want, want_has_key, _ = softmax_attention(
+        query, key, value, mask, weights=False
+    )
+    np.testing.assert_allclose(to_numpy(got), to_numpy(want), atol=1e-5)
+    if mask is None:
+        assert got_has_key is None and want_has_key is None
+    else:
+        np.testing.assert_array_equal(
+            to_numpy(got_has_key), to_numpy(want_has_key)
+        )
+    if mask_kind == "empty_row":
+        assert not to_numpy(got)[1].any()

@@ -11,6 +11,7 @@ from keras_dynmask import MultiHeadAttention
 from keras_dynmask import TransformerBlock
 from keras_dynmask import models
 from keras_dynmask.attention.cache import write_cache
+from keras_dynmask.attention.cache import write_keys_and_values
 from keras_dynmask.core import _random
 from keras_dynmask.models import decoding
 from keras_dynmask.models import generation
@@ -391,3 +392,29 @@ def test_other_models_are_refused():
     logits = keras.layers.Dense(VOCABULARY)(keras.layers.Embedding(50, 8)(ids))
     with pytest.raises(ValueError, match="needs a CausalLM"):
         generation.generate(keras.Model(ids, logits), [[3]], 2)
+
+
+@pytest.mark.parametrize("length", [1, 3])
+def test_keys_and_values_are_written_at_each_rows_position(length):
+    """One position per row (a decoding step's select) and several (the
+    general write) put each row's keys and values where `write_cache`
+    does, and nothing else changes."""
+    rng = np.random.default_rng(length)
+    cache = rng.normal(size=(2, 2, 6, 3, 4)).astype("float32")
+    keys = rng.normal(size=(2, length, 3, 4)).astype("float32")
+    values = rng.normal(size=(2, length, 3, 4)).astype("float32")
+    index = np.array([0, 6 - length])
+    written = ops.convert_to_numpy(
+        write_keys_and_values(cache, keys, values, index)
+    )
+    expected = cache.copy()
+    for row, start in enumerate(index):
+        expected[row, 0, start : start + length] = keys[row]
+        expected[row, 1, start : start + length] = values[row]
+    np.testing.assert_array_equal(written, expected)
+    # One index for every row.
+    shared = ops.convert_to_numpy(write_keys_and_values(cache, keys, values, 0))
+    np.testing.assert_array_equal(
+        shared[:, :, :length], np.stack([keys, values], 1)
+    )
+    np.testing.assert_array_equal(shared[:, :, length:], cache[:, :, length:])

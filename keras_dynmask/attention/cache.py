@@ -31,3 +31,31 @@ def write_cache(cache, new, index):
         (batch, ops.shape(cache)[1]) + (1,) * (len(cache.shape) - 2),
     )
     return ops.where(touched, written, cache)
+
+
+def write_keys_and_values(cache, key_heads, value_heads, index):
+    """`cache` `(B, 2, S, N, H)` with `key_heads` and `value_heads` `(B, T,
+    N, H)` written at positions `index, index + 1, ...` of axis 2.
+
+    One new position per row (a decoding step, `T` known to be 1 when
+    tracing) is one select over the cache; longer writes go through
+    `write_cache`. Both are exact.
+    """
+    if key_heads.shape[1] != 1:
+        return ops.stack(
+            [
+                write_cache(cache[:, 0], key_heads, index),
+                write_cache(cache[:, 1], value_heads, index),
+            ],
+            axis=1,
+        )
+    batch = ops.shape(key_heads)[0]
+    index = ops.broadcast_to(
+        ops.reshape(ops.convert_to_tensor(index, "int32"), (-1,)), (batch,)
+    )
+    positions = ops.arange(ops.shape(cache)[2], dtype="int32")
+    # (B, 1, S, 1, 1): the one position of each row.
+    hit = ops.equal(ops.expand_dims(index, 1), ops.expand_dims(positions, 0))
+    hit = ops.expand_dims(ops.expand_dims(ops.expand_dims(hit, 1), -1), -1)
+    new = ops.stack([key_heads, value_heads], axis=1)
+    return ops.where(hit, ops.cast(new, cache.dtype), cache)

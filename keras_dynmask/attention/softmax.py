@@ -71,6 +71,42 @@ def softmax_attention(
     return attended, has_key, weights
 
 
+def single_query_attention(query_heads, key_heads, value_heads, mask):
+    """Softmax attention of one query per row (a decoding step), as
+    `softmax_attention` without dropout or weights, written so that no
+    key or value tensor is transposed: each score is a product summed over
+    the head size, each output a weighted sum over the keys. Under
+    TFLite, a `decode` step then moves no cache through a `TRANSPOSE` (a
+    batched matmul would move the keys and the values twice each).
+
+    Args:
+        query_heads: `(B, 1, N, H)`, already scaled.
+        key_heads, value_heads: `(B, S, N, H)`.
+        mask: bool `(B|1, 1, S)`, `(B|1, N|1, 1, S)` or `None`.
+
+    Returns:
+        `(attended (B, 1, N, H), has_key (B, 1) or None)`.
+    """
+    has_key = rows_with_keys(mask, query_heads)
+    # (B, S, N): the keys on axis 1, as they lie in the cache.
+    scores = ops.cast(ops.sum(query_heads * key_heads, axis=-1), "float32")
+    if mask is not None:
+        if len(mask.shape) == 4:
+            mask = mask[:, :, 0, :]
+        # (B|1, S, N|1).
+        mask = ops.transpose(mask, (0, 2, 1))
+        scores = ops.where(mask, scores, MASKED_SCORE)
+    if scores.shape[1] == 1:
+        weights = ops.ones_like(scores)
+    else:
+        weights = ops.softmax(scores, axis=1)
+    if mask is not None:
+        weights = ops.where(mask, weights, 0.0)
+    weights = ops.cast(weights, value_heads.dtype)
+    attended = ops.sum(ops.expand_dims(weights, -1) * value_heads, axis=1)
+    return ops.expand_dims(attended, 1), has_key
+
+
 def per_position(has_key):
     """bool `(B, T, 1, 1)` from `(B, T)` (no new-axis slicing: TFLite's
     builtin strided slice has none)."""

@@ -17,9 +17,10 @@ from keras import ops
 from keras_dynmask.attention import block_sparse
 from keras_dynmask.attention import blockwise
 from keras_dynmask.attention import tile_mask
-from keras_dynmask.attention.cache import write_cache
+from keras_dynmask.attention.cache import write_keys_and_values
 from keras_dynmask.attention.causal import causal_attention
 from keras_dynmask.attention.softmax import rows_with_keys
+from keras_dynmask.attention.softmax import single_query_attention
 from keras_dynmask.core import masks
 from keras_dynmask.core import patterns
 from keras_dynmask.core._checks import check_int
@@ -285,6 +286,15 @@ class PatternAttention:
             attended, has_key = self._tiles_or_dense(
                 heads, call_masks, training
             )
+        elif not return_attention_scores and self._takes_single_query(
+            query_heads, cache, training
+        ):
+            attended, has_key = single_query_attention(
+                self._scaled(query_heads),
+                key_heads,
+                value_heads,
+                call_masks.dense(),
+            )
         else:
             mask = call_masks.dense()
             attended, weights = self._dense_attention(
@@ -417,13 +427,7 @@ class PatternAttention:
     ):
         """The cache with this call's keys and values written in."""
         cache = self._check_cache(cache, cache_index, offset)
-        return ops.stack(
-            [
-                write_cache(cache[:, 0], key_heads, cache_index),
-                write_cache(cache[:, 1], value_heads, cache_index),
-            ],
-            axis=1,
-        )
+        return write_keys_and_values(cache, key_heads, value_heads, cache_index)
 
     def _blocks_or_dense(self, heads, call_masks, training):
         """`(attended, has_key)` block by block when the window reaches at
@@ -615,6 +619,18 @@ class PatternAttention:
         if isinstance(query_heads.shape[1], int):
             return planned() if query_heads.shape[1] >= shortest else dense()
         return ops.cond(ops.greater_equal(length, shortest), planned, dense)
+
+    def _takes_single_query(self, query_heads, cache, training):
+        """Whether this call is a decoding step: one query per row over a
+        cache, no dropout, and our own `_compute_attention` (a subclass
+        that replaces it must see every call)."""
+        own = type(self)._compute_attention
+        return (
+            getattr(own, "keras_dynmask_own", False)
+            and cache is not None
+            and query_heads.shape[1] == 1
+            and not (self._dropout_layer.rate > 0.0 and training)
+        )
 
     def _takes_causal_kernel(self, value, cache, call_masks, training):
         """Whether this call is causal self-attention with at most padding

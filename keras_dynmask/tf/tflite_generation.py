@@ -273,15 +273,18 @@ class TFLiteGenerator:
     def decode(self, tokens, positions, caches, source_ids=None):
         """Logits `(B, V)` of one token per row at `positions`, and the
         caches, the self-attention ones updated."""
+        with held_back_stderr():
+            return self._decode_step(tokens, positions, caches, source_ids)
+
+    def _decode_step(self, tokens, positions, caches, source_ids):
         feed = dict(caches)
         if self.takes_sources:
             feed["source_ids"] = np.asarray(source_ids, "int32")
-        with held_back_stderr():
-            out = self._decode(
-                token_ids=np.asarray(tokens, "int32"),
-                positions=np.asarray(positions, "int32"),
-                **feed,
-            )
+        out = self._decode(
+            token_ids=np.asarray(tokens, "int32"),
+            positions=np.asarray(positions, "int32"),
+            **feed,
+        )
         return out.pop("logits"), {**caches, **out}
 
     def generate(
@@ -328,15 +331,17 @@ class TFLiteGenerator:
         logits, caches = self.prefill(ids, lengths, source_ids)
         tokens = np.zeros((len(ids), max_new_tokens), "int32")
         done = np.zeros(len(ids), bool)
-        for step in range(max_new_tokens):
-            tokens[:, step] = np.where(done, self.pad_id, choose(logits))
-            if end_id is not None:
-                done |= tokens[:, step] == end_id
-            if done.all() or step + 1 == max_new_tokens:
-                break
-            logits, caches = self.decode(
-                tokens[:, step], lengths + step, caches, source_ids
-            )
+        # Held back once for the whole loop, not at every step.
+        with held_back_stderr():
+            for step in range(max_new_tokens):
+                tokens[:, step] = np.where(done, self.pad_id, choose(logits))
+                if end_id is not None:
+                    done |= tokens[:, step] == end_id
+                if done.all() or step + 1 == max_new_tokens:
+                    break
+                logits, caches = self._decode_step(
+                    tokens[:, step], lengths + step, caches, source_ids
+                )
         rows = tokens.tolist()
         if end_id is None:
             return rows
@@ -367,10 +372,12 @@ def _chooser(pad_id, top_k, top_p, temperature, rng):
     `top_p`, else a draw from the kept tokens' softmax."""
 
     def choose(logits):
+        if top_k is None and top_p is None:
+            logits = np.array(logits)
+            logits[:, pad_id] = -np.inf
+            return logits.argmax(axis=-1)
         logits = np.array(logits, "float64")
         logits[:, pad_id] = -np.inf
-        if top_k is None and top_p is None:
-            return logits.argmax(axis=-1)
         order = np.argsort(-logits, axis=-1, kind="stable")
         ordered = np.take_along_axis(logits, order, axis=-1) / temperature
         keep = np.isfinite(ordered)
