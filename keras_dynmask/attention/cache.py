@@ -49,13 +49,12 @@ def write_keys_and_values(cache, key_heads, value_heads, index):
             ],
             axis=1,
         )
-    batch = ops.shape(key_heads)[0]
-    index = ops.broadcast_to(
-        ops.reshape(ops.convert_to_tensor(index, "int32"), (-1,)), (batch,)
-    )
+    # (B|1, 1, S, 1, 1): the one position of each row. A function of the
+    # index and the cache's length alone, so every block of a model
+    # computes the same ops (a converter folds them into one).
+    index = ops.reshape(ops.convert_to_tensor(index, "int32"), (-1, 1))
     positions = ops.arange(ops.shape(cache)[2], dtype="int32")
-    # (B, 1, S, 1, 1): the one position of each row.
-    hit = ops.equal(ops.expand_dims(index, 1), ops.expand_dims(positions, 0))
-    hit = ops.expand_dims(ops.expand_dims(ops.expand_dims(hit, 1), -1), -1)
+    hit = ops.equal(index, ops.expand_dims(positions, 0))
+    hit = ops.reshape(hit, (-1, 1, ops.shape(cache)[2], 1, 1))
     new = ops.stack([key_heads, value_heads], axis=1)
     return ops.where(hit, ops.cast(new, cache.dtype), cache)
