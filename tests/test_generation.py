@@ -418,3 +418,45 @@ def test_keys_and_values_are_written_at_each_rows_position(length):
         shared[:, :, :length], np.stack([keys, values], 1)
     )
     np.testing.assert_array_equal(shared[:, :, length:], cache[:, :, length:])
+
+
+torch_only = pytest.mark.skipif(
+    keras.backend.backend() != "torch", reason="torch.compile is PyTorch's"
+)
+
+
+@torch_only
+def test_torch_compiled_steps_give_the_tokens_of_eager_steps():
+    """With `jit_compile` (as after `model.compile(jit_compile=True)`),
+    each step runs through torch.compile: the same tokens and logits,
+    greedy and seeded top-k."""
+    model = causal_lm(seed=4)
+    eager = {
+        k: generation.generate(
+            model, PROMPTS, 6, top_k=k, seed=3, compiled=False
+        )
+        for k in (None, 5)
+    }
+    model.jit_compile = True
+    for k, want in eager.items():
+        got = generation.generate(model, PROMPTS, 6, top_k=k, seed=3)
+        assert got == want
+
+
+@torch_only
+def test_a_step_torch_cannot_compile_runs_eagerly_with_a_warning(monkeypatch):
+    import torch
+
+    def no_compiler(function, **options):
+        def failing(*arguments):
+            raise torch._dynamo.exc.TorchDynamoException("no C++ compiler")
+
+        return failing
+
+    monkeypatch.setattr(torch, "compile", no_compiler)
+    model = causal_lm(seed=5)
+    want = generation.generate(model, PROMPTS, 4, compiled=False)
+    model.jit_compile = True
+    with pytest.warns(UserWarning, match="no C.. compiler"):
+        got = generation.generate(model, PROMPTS, 4)
+    assert got == want

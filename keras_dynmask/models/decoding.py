@@ -42,6 +42,7 @@ def decode(
     keep_logits=False,
     width=None,
     source_ids=None,
+    step=None,
 ):
     """New tokens for right-padded prompts, every step in one graph.
 
@@ -70,6 +71,9 @@ def decode(
             every count up to it. Defaults to `max_new_tokens`.
         source_ids: int `(B, S)` a seq2seq's sources, right-padded; the
             encoder runs on them once.
+        step: what runs the model on one token per row, with the
+            arguments and result of `model.call_with_cache` (which it is by
+            default): the PyTorch loop passes it compiled.
 
     Returns:
         `{"tokens": int32 (B, width), "lengths": int32 (B,)}`:
@@ -125,8 +129,10 @@ def decode(
             step < max_new_tokens, ops.logical_not(ops.all(done))
         )
 
+    call = model.call_with_cache if step is None else step
+
     def one_step(step, token, tokens, cache, done, kept):
-        logits, cache = model.call_with_cache(
+        logits, cache = call(
             ops.expand_dims(token, 1), cache, lengths + step - 1
         )
         logits = logits[:, 0]
