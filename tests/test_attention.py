@@ -404,3 +404,24 @@ def test_single_query_attention_equals_softmax_attention(mask_kind):
         )
     if mask_kind == "empty_row":
         assert not to_numpy(got)[1].any()
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_single_query_attention_is_finite_in_half_precision(dtype):
+    """Half-precision heads (as under mixed precision): the scores are
+    normalized in float32, a row without keys is zeros, the rest is near
+    the float32 result."""
+    rng = np.random.default_rng(1)
+    heads = [
+        rng.normal(size=(2, n, 2, 8)).astype("float32") * 4 for n in (1, 9, 9)
+    ]
+    mask = np.array([[[True] * 9], [[False] * 9]])
+    want, _ = single_query_attention(*heads, mask)
+    half = [keras.ops.cast(x, dtype) for x in heads]
+    got, has_key = single_query_attention(*half, mask)
+    assert keras.backend.standardize_dtype(got.dtype) == dtype
+    got = to_numpy(keras.ops.cast(got, "float32"))
+    assert np.isfinite(got).all()
+    assert not got[1].any()
+    np.testing.assert_allclose(got[0], to_numpy(want)[0], atol=0.1)
+    np.testing.assert_array_equal(to_numpy(has_key), [[True], [False]])
