@@ -42,10 +42,11 @@ def write_keys_and_values(cache, key_heads, value_heads, index):
     `write_cache`. Both are exact.
     """
     if key_heads.shape[1] != 1:
+        keys, values = ops.unstack(cache, 2, axis=1)
         return ops.stack(
             [
-                write_cache(cache[:, 0], key_heads, index),
-                write_cache(cache[:, 1], value_heads, index),
+                write_cache(keys, key_heads, index),
+                write_cache(values, value_heads, index),
             ],
             axis=1,
         )

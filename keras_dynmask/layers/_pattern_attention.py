@@ -232,7 +232,9 @@ class PatternAttention:
         query_heads = self._query_dense(without_mask(query))
         if reuse_cache:
             cache = ops.cast(cache, self.compute_dtype)
-            key_heads, value_heads = cache[:, 0], cache[:, 1]
+            # Unstacked, not sliced: TFLite runs a strided slice of a 5-D
+            # tensor element by element (a decode step took 4x as long).
+            key_heads, value_heads = ops.unstack(cache, 2, axis=1)
             key = key_heads
         else:
             key_heads = self._key_dense(without_mask(key))
@@ -241,7 +243,7 @@ class PatternAttention:
             cache = self._updated_cache(
                 cache, cache_index, offset, key_heads, value_heads
             )
-            key_heads, value_heads = cache[:, 0], cache[:, 1]
+            key_heads, value_heads = ops.unstack(cache, 2, axis=1)
             key, offset = key_heads, cache_index
         key_heads, value_heads = self._repeat_key_value(key_heads, value_heads)
         call_masks = CallMasks(
