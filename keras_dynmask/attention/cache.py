@@ -41,6 +41,7 @@ def write_keys_and_values(cache, key_heads, value_heads, index):
     tracing) is one select over the cache; longer writes go through
     `write_cache`. Both are exact.
     """
+    cache = ops.convert_to_tensor(cache)
     if key_heads.shape[1] != 1:
         keys, values = ops.unstack(cache, 2, axis=1)
         return ops.stack(
