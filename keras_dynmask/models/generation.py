@@ -407,10 +407,11 @@ def _compiled_loop(model):
 
 
 def _torch_compiled_step(model):
-    """`model.call_with_cache` through `torch.compile` (dynamic shapes: one
-    compilation for every batch and cache length), compiled at its first
-    call. Where the compiler cannot run (Inductor needs a C++ compiler),
-    a warning says so and the steps run eagerly, with the same tokens."""
+    """`model.call_with_cache` through `torch.compile`, compiled at its
+    first call (`dynamic=True`; still, a new size class of prompts and new
+    tokens compiled again when measured). Where the compiler cannot run
+    (Inductor needs a C++ compiler), a warning says so and the steps run
+    eagerly, with the same tokens."""
     import torch
 
     compiled = torch.compile(model.call_with_cache, dynamic=True)
