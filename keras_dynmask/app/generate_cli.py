@@ -88,6 +88,7 @@ def _saved_model(artifact, prompts, settings, sources):
 
     from keras_dynmask.models.generation import pad_prompts
     from keras_dynmask.models.generation import pad_sources
+    from keras_dynmask.tf.quiet import held_back_stderr
 
     loaded = tf.saved_model.load(str(artifact))
     if "generate" not in loaded.signatures:
@@ -118,16 +119,19 @@ def _saved_model(artifact, prompts, settings, sources):
         )
     _, ids = pad_prompts(prompts, 0)
     sampled = settings["top_k"] is not None or settings["top_p"] is not None
-    out = generate(
-        **feed,
-        token_ids=tf.constant(ids),
-        max_new_tokens=tf.constant(settings["max_new_tokens"]),
-        top_k=tf.constant((settings["top_k"] or 0) if sampled else 1),
-        top_p=tf.constant(float(settings["top_p"] or 1.0)),
-        temperature=tf.constant(float(settings["temperature"])),
-        seed=tf.constant(settings["seed"], tf.int64),
-        end_id=tf.constant(_or(settings["end_id"], -1)),
-    )
+    # TensorFlow's runtime may log at its first run (on some CPUs: "oneDNN
+    # supports DT_BOOL only on platforms with AVX-512"); shown on failure.
+    with held_back_stderr():
+        out = generate(
+            **feed,
+            token_ids=tf.constant(ids),
+            max_new_tokens=tf.constant(settings["max_new_tokens"]),
+            top_k=tf.constant((settings["top_k"] or 0) if sampled else 1),
+            top_p=tf.constant(float(settings["top_p"] or 1.0)),
+            temperature=tf.constant(float(settings["temperature"])),
+            seed=tf.constant(settings["seed"], tf.int64),
+            end_id=tf.constant(_or(settings["end_id"], -1)),
+        )
     tokens, lengths = out["token_ids"].numpy(), out["lengths"].numpy()
     return [row[:n].tolist() for row, n in zip(tokens, lengths, strict=True)]
 
