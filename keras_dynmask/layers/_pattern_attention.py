@@ -509,14 +509,19 @@ class PatternAttention:
             has_key = ops.ones(ops.shape(attended)[:2], "bool")
         return attended, has_key
 
+    def _computes_its_own_attention(self):
+        """Whether `_compute_attention` is ours: a subclass that replaces
+        it must see every call, so no other path may be taken."""
+        own = type(self)._compute_attention
+        return getattr(own, "keras_dynmask_own", False)
+
     def _own_self_attention(self, cache, call_masks):
         """Whether this call is one the layer's own kernels may take: our
-        `_compute_attention` (a subclass that replaces it must see every
-        call), no cache, offset 0 and no keys of other documents. Each
-        kernel adds its own conditions on the pattern and the lengths."""
-        own = type(self)._compute_attention
+        `_compute_attention`, no cache, offset 0 and no keys of other
+        documents. Each kernel adds its own conditions on the pattern and
+        the lengths."""
         return (
-            getattr(own, "keras_dynmask_own", False)
+            self._computes_its_own_attention()
             and cache is None
             and call_masks.inputs.get("key_segment_ids") is None
             and isinstance(call_masks.offset, int)
@@ -624,11 +629,9 @@ class PatternAttention:
 
     def _takes_single_query(self, query_heads, cache, training):
         """Whether this call is a decoding step: one query per row over a
-        cache, no dropout, and our own `_compute_attention` (a subclass
-        that replaces it must see every call)."""
-        own = type(self)._compute_attention
+        cache, no dropout, and our own `_compute_attention`."""
         return (
-            getattr(own, "keras_dynmask_own", False)
+            self._computes_its_own_attention()
             and cache is not None
             and query_heads.shape[1] == 1
             and not (self._dropout_layer.rate > 0.0 and training)

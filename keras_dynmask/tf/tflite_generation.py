@@ -371,13 +371,14 @@ def _chooser(pad_id, top_k, top_p, temperature, rng):
     """`choose(logits (B, V)) -> tokens (B,)`: greedy without `top_k` and
     `top_p`, else a draw from the kept tokens' softmax."""
 
+    greedy = top_k is None and top_p is None
+
     def choose(logits):
-        if top_k is None and top_p is None:
-            logits = np.array(logits)
-            logits[:, pad_id] = -np.inf
-            return logits.argmax(axis=-1)
-        logits = np.array(logits, "float64")
+        # A copy; float64 for the sampling's softmax.
+        logits = np.array(logits, "float32" if greedy else "float64")
         logits[:, pad_id] = -np.inf
+        if greedy:
+            return logits.argmax(axis=-1)
         order = np.argsort(-logits, axis=-1, kind="stable")
         ordered = np.take_along_axis(logits, order, axis=-1) / temperature
         keep = np.isfinite(ordered)
