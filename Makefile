@@ -27,11 +27,12 @@ demo: $(STAMP)
 # file to a worker: 7 min 42 s on 2 cores instead of 12 min 14 s.
 PYTEST := -m pytest -q -n auto --dist loadfile
 
-# Everything but the examples' end-to-end runs (make test-examples).
+# Everything but the examples' end-to-end runs (make test-examples) and
+# the tests of over a minute each (make test-long).
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(PY) $(PYTEST) -m "not example_run"
+	$(PY) $(PYTEST) -m "not example_run and not long"
 
 # The examples' --quick runs, end to end: each trains, exports and
 # generates through the command, as a user runs it (one per worker).
@@ -104,9 +105,11 @@ test-backends: $(VENV)-jax/.installed $(VENV)-torch/.installed \
 	KERAS_BACKEND=jax KERAS_DYNMASK_NO_TENSORFLOW=1 \
 		$(VENV)-core/bin/python $(PYTEST) $(LIBRARY_TESTS)
 
-# Property tests with 3,000 examples each instead of 500 (CI runs `test`).
+# The tests of over a minute each (processes killed and resumed, several
+# workers), and property tests with 3,000 examples each instead of 500.
+# CI runs `test`.
 test-long: $(STAMP)
-	HYPOTHESIS_PROFILE=long $(PY) $(PYTEST)
+	HYPOTHESIS_PROFILE=long $(PY) $(PYTEST) -m "not example_run"
 
 # The README's gallery: one picture per mask kind, in docs/gallery/.
 pictures: $(STAMP)

@@ -21,54 +21,71 @@ import keras_dynmask as kd  # noqa: E402
 from keras_dynmask import models  # noqa: E402
 
 
+def _model(seed):
+    encoder = models.build_encoder(
+        50,
+        num_layers=1,
+        num_heads=2,
+        hidden_dim=16,
+        intermediate_dim=32,
+        dropout=0.0,
+    )
+    masking = kd.TokenMasking(
+        50,
+        mask_token_id=1,
+        unselectable_ids=[1],
+        max_selections=4,
+        selection_rate=0.25,
+        seed=seed,
+    )
+    model = models.MaskedLM(encoder, masking)
+    model.compile(optimizer=keras.optimizers.Adam(5e-3))
+    return model
+
+
+def _fit(model, ids):
+    # Unshuffled, so both runs see the same global batches.
+    history = model.fit(ids, epochs=6, batch_size=32, shuffle=False, verbose=0)
+    return history.history["loss"]
+
+
 def main(seed):
-    keras.utils.set_random_seed(seed)
     strategy = tf.distribute.MirroredStrategy(
         [d.name for d in tf.config.list_logical_devices("CPU")]
     )
     rng = np.random.default_rng(0)
     # Every row repeats one token, so masked tokens are predictable.
     ids = np.repeat(rng.integers(4, 50, (256, 1)), 16, axis=1).astype("int32")
-    with strategy.scope():
-        encoder = models.build_encoder(
-            50,
-            num_layers=1,
-            num_heads=2,
-            hidden_dim=16,
-            intermediate_dim=32,
-            dropout=0.0,
-        )
-        masking = kd.TokenMasking(
-            50,
-            mask_token_id=1,
-            unselectable_ids=[1],
-            max_selections=4,
-            selection_rate=0.25,
-            seed=seed,
-        )
-        model = models.MaskedLM(encoder, masking)
-        model.compile(optimizer=keras.optimizers.Adam(5e-3))
-    # The same 8 rows on each replica: their masks must differ.
+    # The same row 16 times: each replica holds 8 of them.
     same = np.repeat(ids[:1], 16, axis=0)
+    keras.utils.set_random_seed(seed)
+    with strategy.scope():
+        model = _model(seed)
     dataset = strategy.experimental_distribute_dataset(
         tf.data.Dataset.from_tensor_slices(same).batch(16)
     )
-    batch = next(iter(dataset))
     drawn = strategy.run(
-        lambda x: masking(x, training=True)["mask"], args=(batch,)
+        lambda x: model.masking(x, training=True)["mask"],
+        args=(next(iter(dataset)),),
     )
     per_replica = [
         np.asarray(t).astype(int).tolist()
         for t in strategy.experimental_local_results(drawn)
     ]
-    history = model.fit(ids, epochs=6, batch_size=32, verbose=0)
+    losses = _fit(model, ids)
+    # The same model, seed and global batches on one device.
+    keras.utils.set_random_seed(seed)
+    alone = _model(seed)
+    one_device = alone.masking(same, training=True)["mask"]
     print(
         json.dumps(
             {
                 "replicas": strategy.num_replicas_in_sync,
                 "masks": per_replica,
-                "loss": history.history["loss"],
-                "step": int(masking.step.numpy()),
+                "one_device_masks": np.asarray(one_device).astype(int).tolist(),
+                "loss": losses,
+                "one_device_loss": _fit(alone, ids),
+                "step": int(model.masking.step.numpy()),
             }
         )
     )

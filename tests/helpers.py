@@ -115,3 +115,36 @@ def _run(command, timeout, log_level="2"):
     return subprocess.run(
         command, capture_output=True, text=True, env=env, timeout=timeout
     )
+
+
+def kill_when(command, ready, timeout=300, env=None):
+    """Starts `command`, and kills it (`SIGKILL`: no handler, no cleanup,
+    as a crash or a preempted machine) as soon as `ready()` is true.
+
+    Returns:
+        The process's stderr; fails the test when it ended before `ready()`
+        or took longer than `timeout` seconds.
+    """
+    import tempfile
+    import time
+
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
+    with tempfile.TemporaryFile("w+") as stderr:
+        process = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=stderr, env=env
+        )
+        deadline = time.monotonic() + timeout
+        while not ready():
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                process.wait()
+                stderr.seek(0)
+                raise AssertionError(
+                    f"{command[:3]} ended (rc {process.returncode}) before "
+                    f"it was to be killed: {stderr.read()[-3000:]}"
+                )
+            time.sleep(0.02)
+        process.kill()
+        assert process.wait() == -9
+        stderr.seek(0)
+        return stderr.read()

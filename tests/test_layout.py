@@ -22,7 +22,9 @@ TENSORFLOW = ("tensorflow", "tensorflow_text", "ai_edge_litert")
 RUN_TIME_TENSORFLOW = {
     ("models/generation.py", "_compiled"),
     ("models/generation.py", "_compiled_loop"),
-    ("layers/_distribution.py", "replica_id"),
+    ("layers/_distribution.py", "_replica_context"),
+    ("layers/_distribution.py", "first_row"),
+    ("layers/_distribution.py", "replica_count"),
 }
 
 

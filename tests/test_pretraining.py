@@ -10,6 +10,7 @@ from keras_dynmask.app import pretraining
 from keras_dynmask.tf import data
 from keras_dynmask.tf.tokenizer import WordPieceTokenizer
 from tests.helpers import COMMAND
+from tests.helpers import kill_when
 from tests.helpers import run_cli
 from tests.helpers import serve_in_fresh_process
 
@@ -119,10 +120,6 @@ def test_tokenizer_sequences_and_batches(tmp_path):
         assert (batch != 0).sum(axis=1).max() == batch.shape[1]
 
 
-class _Interrupt(Exception):
-    pass
-
-
 def _weights(folder):
     import keras
 
@@ -130,43 +127,46 @@ def _weights(folder):
     return [np.asarray(w) for w in model.weights]
 
 
-def test_pretrain_writes_the_model_resumes_and_fills_masks(tmp_path):
-    import keras
+def _cli_settings(settings):
+    return [
+        f"--{name.replace('_', '-')}={value}"
+        for name, value in settings.items()
+    ]
 
+
+def _checkpoint_steps(output):
+    return [
+        int(path.name.split("-")[1])
+        for path in (output / "backup").glob("step-*")
+    ]
+
+
+def test_pretrain_writes_the_model_resumes_and_fills_masks(tmp_path):
     path = _write_corpus(tmp_path)
     output = tmp_path / "model"
-
-    class StopAfterFirstEpoch(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
-            raise _Interrupt
-
-    first = []
-    with pytest.raises(_Interrupt):
-        pretraining.pretrain(
-            corpus_path=path,
-            output=output,
-            epochs=2,
-            log=first.append,
-            callbacks=[StopAfterFirstEpoch()],
-            **TINY,
-        )
-    # The vocabulary is learned once, and the run says so while it waits.
-    assert any(line.startswith("Vocabulary: learning 200") for line in first)
-    assert (output / "backup").exists()
+    # 19 steps an epoch: killed mid-epoch, once a checkpoint within an
+    # epoch is written (the kill lands a few steps later, anywhere).
+    stderr = kill_when(
+        [COMMAND, "pretrain", f"--corpus={path}", f"--output={output}"]
+        + ["--epochs=2", "--save-every=4", *_cli_settings(TINY)],
+        lambda: any(step % 19 for step in _checkpoint_steps(output)),
+    )
+    assert "Traceback" not in stderr, stderr[-3000:]
     assert not (output / "model.keras").exists()
     with pytest.raises(ValueError, match=r"other settings \(batch_size 8 "):
         pretraining.pretrain(
-            corpus_path=path,
+            corpus_path=str(path),
             output=output,
             epochs=2,
             **{**TINY, "batch_size": 4},
         )
     lines = []
     results = pretraining.pretrain(
-        corpus_path=path, output=output, epochs=2, log=lines.append, **TINY
+        corpus_path=str(path), output=output, epochs=2, log=lines.append, **TINY
     )
-    assert results["epochs_run"] == 1  # resumed at the second epoch
-    assert any(line.startswith("Resuming from epoch 2 of 2") for line in lines)
+    resumed_at = [line for line in lines if line.startswith("Resuming at")]
+    assert resumed_at and " of 38 (epoch " in resumed_at[0], lines
+    assert results["epochs_run"] >= 1
     assert not (output / "backup").exists()
     for name in ("model.keras", "vocabulary.txt", "settings.json", "1"):
         assert (output / name).exists(), name
@@ -179,7 +179,12 @@ def test_pretrain_writes_the_model_resumes_and_fills_masks(tmp_path):
     # Interrupted equals uninterrupted (dropout included), bit for bit.
     whole = tmp_path / "whole"
     pretraining.pretrain(
-        corpus_path=path, output=whole, epochs=2, log=lambda line: None, **TINY
+        corpus_path=path,
+        output=whole,
+        epochs=2,
+        save_every=1000,
+        log=lambda line: None,
+        **TINY,
     )
     for resumed, straight in zip(
         _weights(output), _weights(whole), strict=True
@@ -300,17 +305,15 @@ def test_ctrl_c_stops_pretraining_with_one_line_and_it_resumes(tmp_path):
         stderr=subprocess.PIPE,
         text=True,
     )
-    metadata = output / "backup" / "training_metadata.json"
     deadline = time.time() + 240
-    while not metadata.exists() and time.time() < deadline:
+    while not _checkpoint_steps(output) and time.time() < deadline:
         time.sleep(0.2)
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=120)
-    assert process.returncode == 130, err[-2000:]
+    assert process.returncode == 130, err[-12000:]
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
     assert "interrupted; rerun the same command to resume" in out
-    epochs_done = json.loads(metadata.read_text())["epoch"]
-    assert epochs_done >= 1
+    assert _checkpoint_steps(output)
     # The same command with fewer epochs would be other settings.
     run = run_cli("pretrain", *flags[:-2], "--epochs", "2")
     assert run.returncode == 2 and "epochs 50 then, 2 now" in run.stderr

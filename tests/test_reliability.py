@@ -34,11 +34,15 @@ def test_mirrored_strategy_replicas_draw_their_own_masks():
     one, two = (np.array(m) for m in first["masks"])
     # The same rows on both replicas, masked differently...
     assert one.shape == two.shape and not np.array_equal(one, two)
-    # ...and a rerun with the same seed draws the same masks.
+    # ...and a rerun with the same seed draws the same masks: those one
+    # device draws for the global batch (rows numbered globally).
     assert first["masks"] == again["masks"]
+    assert first["masks"][0] + first["masks"][1] == first["one_device_masks"]
     losses = first["loss"]
     assert losses[-1] < 0.6 * losses[0], losses
     np.testing.assert_allclose(again["loss"], losses, rtol=1e-4)
+    # The replicas' losses and gradients add up to one device's.
+    np.testing.assert_allclose(first["one_device_loss"], losses, rtol=1e-4)
     # Counted once per step, not once per replica (the probe is a step).
     assert first["step"] == 1 + 6 * 8
 

@@ -72,8 +72,8 @@ def _add_pretrain(commands):
         description="Pretrains a masked-LM encoder with RoBERTa's dynamic "
         "masking on the embedded corpus (or --corpus), reports held-out "
         "masked-LM accuracy beside a unigram baseline, saves the model, "
-        "and fills a mask. Rerunning after an interruption resumes from the "
-        "last finished epoch.",
+        "and fills a mask. Rerunning the same command after an interruption "
+        "(even a kill) resumes from the last checkpoint, at its step.",
     )
     pretrain.add_argument(
         "--corpus", help="a .txt file or a folder of them (default: embedded)"
@@ -85,6 +85,13 @@ def _add_pretrain(commands):
     )
     pretrain.add_argument(
         "--steps-per-epoch", type=int, help="default: a full pass"
+    )
+    pretrain.add_argument(
+        "--save-every",
+        type=int,
+        default=100,
+        help="steps between checkpoints, and one at each epoch's end "
+        "(default: %(default)s)",
     )
     for name, value in DEFAULTS.items():
         pretrain.add_argument(
@@ -312,25 +319,49 @@ def _check_picture_path(path, parser):
 
 
 def main(argv=None):
+    import signal
+
     parser = _parser()
     args = parser.parse_args(argv)
     from keras_dynmask.tf import quiet
 
     quiet.start_devices()
+    # Ctrl-C while TensorFlow traces can surface as the ValueError of the
+    # conversion it broke ("None values not supported"): the handler notes
+    # it, so that it reads as the interruption it is.
+    interrupted = []
+
+    def interrupt(number, frame):
+        interrupted.append(number)
+        signal.default_int_handler(number, frame)
+
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is signal.default_int_handler:
+        signal.signal(signal.SIGINT, interrupt)
     try:
         _run(args, parser)
     except ValueError as error:
-        parser.error(str(error))
-    except KeyboardInterrupt:
-        resume = (
-            f"; rerun the same command to resume from the last finished "
-            f"epoch (kept in {args.output}/backup)"
-            if args.command == "pretrain"
-            else ""
-        )
-        print(f"\nkeras-dynmask {args.command}: interrupted{resume}.")
+        if not interrupted:
+            parser.error(str(error))
+        _interrupted(args)
         return 130
+    except KeyboardInterrupt:
+        _interrupted(args)
+        return 130
+    finally:
+        if previous is signal.default_int_handler:
+            signal.signal(signal.SIGINT, previous)
     return 0
+
+
+def _interrupted(args):
+    resume = (
+        f"; rerun the same command to resume from the last checkpoint "
+        f"(kept in {args.output}/backup)"
+        if args.command == "pretrain"
+        else ""
+    )
+    print(f"\nkeras-dynmask {args.command}: interrupted{resume}.")
 
 
 def _run(args, parser):
@@ -348,6 +379,7 @@ def _run(args, parser):
             corpus_path=args.corpus,
             output=args.output,
             steps_per_epoch=args.steps_per_epoch,
+            save_every=args.save_every,
             **{name: getattr(args, name) for name in DEFAULTS},
         )
     elif args.command == "fill-mask":

@@ -18,6 +18,7 @@ import numpy as np
 
 from keras_dynmask import models
 from keras_dynmask.app import corpus
+from keras_dynmask.app.checkpoints import StepBackup
 from keras_dynmask.app.pretraining_defaults import DEFAULTS
 from keras_dynmask.core._checks import check_fraction
 from keras_dynmask.core._checks import check_int
@@ -35,9 +36,15 @@ def pretrain(
     steps_per_epoch=None,
     callbacks=(),
     log=print,
+    save_every=100,
     **settings,
 ):
     """Pretrains a masked-LM encoder and writes it to `output`.
+
+    A run killed at any moment (even while it writes) resumes when rerun
+    with the same arguments: from its last checkpoint, at that very step
+    and batch of data, and it ends with the weights an uninterrupted run
+    ends with (bit for bit on the CPU).
 
     Args:
         corpus_path: a `.txt` file or folder, or `None` for the embedded
@@ -52,25 +59,28 @@ def pretrain(
         steps_per_epoch: int or `None` (a full pass over the data).
         callbacks: extra Keras callbacks.
         log: where progress lines go.
+        save_every: int >= 1. Steps between checkpoints (and one at each
+            epoch's end). Defaults to `100`.
         **settings: overrides of `DEFAULTS`.
 
     Returns:
         dict of the measured results.
     """
     settings = check_settings(settings, steps_per_epoch)
+    save_every = check_int("save_every", save_every, minimum=1)
     output = pathlib.Path(output)
     run = {
         **settings,
         "corpus": None if corpus_path is None else str(corpus_path),
         "steps_per_epoch": steps_per_epoch,
     }
-    resuming = _resumable(output / "backup", run)
+    _check_resumable(output / "backup", run)
     created = _make_output(output)
     try:
-        return _pretrain(output, run, resuming, callbacks, log)
+        return _pretrain(output, run, save_every, callbacks, log)
     except BaseException:
-        # A run that failed before its first backup leaves nothing behind.
-        if created and not (output / "backup" / "latest.weights.h5").exists():
+        # A run that failed before its first checkpoint leaves nothing.
+        if created and not StepBackup(output / "backup", 1, 1).checkpoints():
             shutil.rmtree(output, ignore_errors=True)
         raise
 
@@ -115,12 +125,11 @@ def check_settings(settings, steps_per_epoch=None):
     return settings
 
 
-def _resumable(backup, run):
-    """The epoch an interrupted run in `backup` stopped after (0 when
-    there is none); refuses a backup written with other settings."""
+def _check_resumable(backup, run):
+    """Refuses to resume a backup written with other settings."""
     written = backup / "run.json"
     if not written.exists():
-        return 0
+        return
     before = json.loads(written.read_text())
     differ = [
         f"{name} {before.get(name)!r} then, {run[name]!r} now"
@@ -134,10 +143,6 @@ def _resumable(backup, run):
             f"resume it, or delete {backup} (or choose another --output) "
             "to start over"
         )
-    metadata = backup / "training_metadata.json"
-    if not metadata.exists():
-        return 0
-    return int(json.loads(metadata.read_text())["epoch"])
 
 
 def _make_output(output):
@@ -155,7 +160,7 @@ def _make_output(output):
     return not existed
 
 
-def _pretrain(output, run, resuming, callbacks, log):
+def _pretrain(output, run, save_every, callbacks, log):
     settings = {name: run[name] for name in DEFAULTS}
     keras.utils.set_random_seed(settings["seed"])
     start = time.time()
@@ -178,15 +183,13 @@ def _pretrain(output, run, resuming, callbacks, log):
     )
     held_out_data = data.batched(held_out_sequences, settings["batch_size"])
     model = _build(tokenizer, settings)
-    history = _train(
+    epochs_run = _train(
         model,
         train_sequences,
         held_out_data,
-        settings,
-        run["steps_per_epoch"],
-        output,
         run,
-        resuming,
+        output,
+        save_every,
         callbacks,
         log,
     )
@@ -200,6 +203,8 @@ def _pretrain(output, run, resuming, callbacks, log):
         f"frequent token) gets {baseline:.3f}"
     )
     _save_and_export(output, model, tokenizer, settings, log)
+    # Everything is written: the backup has served.
+    shutil.rmtree(output / "backup", ignore_errors=True)
     for line in fill_mask(model, tokenizer, SAMPLE):
         log(line)
     log(f"Done in {time.time() - start:.0f} s")
@@ -207,7 +212,7 @@ def _pretrain(output, run, resuming, callbacks, log):
         "held_out_accuracy": results["accuracy"],
         "held_out_loss": results["loss"],
         "unigram_accuracy": baseline,
-        "epochs_run": len(history.history.get("loss", [])),
+        "epochs_run": epochs_run,
     }
 
 
@@ -232,27 +237,20 @@ def _train(
     model,
     train_sequences,
     held_out_data,
-    settings,
-    steps_per_epoch,
-    output,
     run,
-    resuming,
+    output,
+    save_every,
     callbacks,
     log,
 ):
-    """Compiles and fits `model`, resuming after `resuming` epochs from the
-    backup in `output`; returns the history."""
-    steps_per_epoch = steps_per_epoch or data.batches_per_pass(
+    """Compiles and fits `model`, resuming from the backup in `output` at
+    the step it stopped; returns how many epochs (or parts) ran."""
+    settings = {name: run[name] for name in DEFAULTS}
+    steps_per_epoch = run["steps_per_epoch"] or data.batches_per_pass(
         train_sequences, settings["batch_size"]
     )
-    # A resumed run rejoins the stream where the interrupted one stopped.
-    train_data = data.training_stream(
-        train_sequences,
-        settings["batch_size"],
-        seed=settings["seed"],
-        start=resuming * steps_per_epoch,
-    )
-    total_steps = settings["epochs"] * steps_per_epoch
+    epochs = settings["epochs"]
+    total_steps = epochs * steps_per_epoch
     learning_rate = keras.optimizers.schedules.CosineDecay(
         0.0,
         decay_steps=total_steps,
@@ -260,30 +258,57 @@ def _train(
         warmup_steps=max(1, total_steps // 10),
     )
     model.compile(optimizer=keras.optimizers.AdamW(learning_rate))
-    backup = RandomStateBackup(str(output / "backup"))
+    backup = StepBackup(output / "backup", steps_per_epoch, save_every, log)
+    done = backup.restore(model)
     (output / "backup").mkdir(exist_ok=True)
     (output / "backup" / "run.json").write_text(json.dumps(run, indent=2))
-    if resuming:
+    epoch, batch = divmod(done, steps_per_epoch)
+    if done:
         log(
-            f"Resuming from epoch {resuming + 1} of {settings['epochs']}: "
-            f"{resuming} finished before the interruption (kept in "
-            f"{output / 'backup'})"
+            f"Resuming at step {done} of {total_steps} (epoch {epoch + 1} "
+            f"of {epochs}, batch {batch} of {steps_per_epoch}), from the "
+            f"checkpoint in {output / 'backup'}"
         )
-    return model.fit(
-        train_data,
-        epochs=settings["epochs"],
-        steps_per_epoch=steps_per_epoch,
-        validation_data=held_out_data,
-        callbacks=[backup, *callbacks],
-        shuffle=False,  # the pipeline shuffles
-        verbose=1 if sys.stdout.isatty() else 2,
-    )
+
+    def fit(first_epoch, last_epoch, steps):
+        # Batch n of the stream is the same in every run: a resumed run
+        # rejoins it at the step it restored.
+        stream = data.training_stream(
+            train_sequences,
+            settings["batch_size"],
+            seed=settings["seed"],
+            start=int(keras.ops.convert_to_numpy(model.optimizer.iterations)),
+        )
+        model.fit(
+            stream,
+            initial_epoch=first_epoch,
+            epochs=last_epoch,
+            steps_per_epoch=steps,
+            validation_data=held_out_data,
+            callbacks=[backup, *callbacks],
+            shuffle=False,  # the pipeline shuffles
+            verbose=1 if sys.stdout.isatty() else 2,
+        )
+
+    epochs_run = 0
+    if batch:  # the rest of the interrupted epoch, then the others
+        fit(epoch, epoch + 1, steps_per_epoch - batch)
+        epoch, epochs_run = epoch + 1, 1
+    if epoch < epochs:
+        fit(epoch, epochs, steps_per_epoch)
+        epochs_run += epochs - epoch
+    return epochs_run
 
 
 def _save_and_export(output, model, tokenizer, settings, log):
     """`model.keras`, `vocabulary.txt`, `settings.json`, the SavedModels and
     the TFLite file, each written beside its place and renamed into it, so
     a run killed meanwhile leaves no half-written file."""
+    for folder in (output, output / "text"):
+        # A version a killed export was writing: never renamed into place,
+        # so never served; written again below.
+        for staging in folder.glob(".*-writing-*"):
+            shutil.rmtree(staging, ignore_errors=True)
     _atomically(output / "model.keras", model.save)
     _atomically(output / "vocabulary.txt", tokenizer.save)
     _atomically(
@@ -313,67 +338,6 @@ def _atomically(path, write):
         os.replace(staging, path)
     finally:
         staging.unlink(missing_ok=True)
-
-
-class RandomStateBackup(keras.callbacks.BackupAndRestore):
-    """`BackupAndRestore` that also keeps the random generators' states.
-
-    Keras' backup holds the weights, the optimizer and the epoch, but not
-    the `SeedGenerator` states behind dropout, so a resumed run would draw
-    the dropout masks of epoch 0 again and end elsewhere. Their states are
-    written beside the weights, one file per finished epoch (renamed into
-    place whole), and restored with them, so a resumed run ends with the
-    weights of an uninterrupted one, bit for bit on the CPU.
-    """
-
-    def _states(self):
-        # In the model's own order: auto-numbered paths differ between
-        # models built in one process.
-        return [
-            variable
-            for variable in self.model.variables
-            if variable.path.endswith("seed_generator_state")
-        ]
-
-    def _state_file(self, epoch):
-        return pathlib.Path(self.backup_dir) / f"random_states-{epoch}.npz"
-
-    def _save_model(self):
-        # Written before the weights: whichever epoch the weights end up
-        # at, its states are there.
-        path = self._state_file(self._current_epoch)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        staging = path.with_name(f".{path.name}")
-        with open(staging, "wb") as file:
-            np.savez(file, *[v.numpy() for v in self._states()])
-        os.replace(staging, path)
-        super()._save_model()
-        for old in path.parent.glob("random_states-*.npz"):
-            if old != path and old != self._state_file(self._current_epoch - 1):
-                old.unlink()
-
-    def _load_model(self):
-        super()._load_model()
-        epoch = self.model._initial_epoch
-        if not epoch:
-            return
-        path = self._state_file(epoch)
-        if not path.exists():
-            raise ValueError(
-                f"The backup in {self.backup_dir} has weights for epoch "
-                f"{epoch} but no random states for it ({path.name}); delete "
-                "the backup folder to start over"
-            )
-        states = self._states()
-        with np.load(path) as saved:
-            if len(saved.files) != len(states):
-                raise ValueError(
-                    f"{path} holds {len(saved.files)} random states, the "
-                    f"model has {len(states)}; delete {self.backup_dir} to "
-                    "start over"
-                )
-            for index, variable in enumerate(states):
-                variable.assign(saved[f"arr_{index}"])
 
 
 def cache_dir():

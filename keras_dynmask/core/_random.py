@@ -96,10 +96,13 @@ def combine(key, value):
     return _fold(_fold(key, low), high)
 
 
-def row_keys(seed, counter, batch_size):
-    """Keys `(B,)` for the rows of a batch: a function of (seed, counter, b)."""
+def row_keys(seed, counter, batch_size, first_row=0):
+    """Keys `(B,)` for the rows of a batch: a function of (seed, counter,
+    row), rows numbered from `first_row` (a replica's place in the global
+    batch)."""
     key = combine(combine(ops.zeros((), key_dtype()), seed), counter)
-    return combine(key, ops.arange(batch_size, dtype=key_dtype()))
+    rows = ops.arange(batch_size, dtype=key_dtype())
+    return combine(key, rows + ops.cast(first_row, key_dtype()))
 
 
 def bits(keys, length):

@@ -9,7 +9,7 @@ from keras_dynmask.core import masked_lm
 from keras_dynmask.core._checks import check_fraction
 from keras_dynmask.core._checks import check_int
 from keras_dynmask.core._checks import check_integer_tensor
-from keras_dynmask.layers._distribution import replica_id
+from keras_dynmask.layers._distribution import first_row
 from keras_dynmask.layers._keras_mask import set_keras_mask
 
 _register = keras.saving.register_keras_serializable(package="keras_dynmask")
@@ -30,10 +30,12 @@ class TokenMasking(keras.layers.Layer):
     example's mask is a fixed function of its content and one of
     `dupe_factor` copies, the copy picked at random each time it is seen.
 
-    Masks are a function of (seed, step, row, replica): the layer counts its
+    Masks are a function of (seed, step, row): the layer counts its
     training calls in the `step` variable, so a rerun with the same seed
-    reproduces every mask and every step differs; under `tf.distribute`
-    each replica folds in its index, so replicas draw different masks.
+    reproduces every mask and every step differs. The row is counted in the
+    global batch: under `tf.distribute` each replica numbers its rows from
+    where its slice starts, so replicas draw different masks, and N
+    replicas draw what one device draws for the same global batch.
     `selection_rate` lives in the variable `selection_rate_variable`, which
     a callback may change during `model.fit` without retracing.
 
@@ -256,10 +258,16 @@ class TokenMasking(keras.layers.Layer):
             )
             outputs["token_ids"] = ops.copy(token_ids)
         else:
+            rows = ops.shape(token_ids)[0]
             keys = _random.row_keys(
-                self.seed, self.step, ops.shape(token_ids)[0]
+                self.seed,
+                self.step,
+                rows,
+                first_row=first_row(rows, _random.key_dtype()),
             )
-            keys = _random.combine(keys, replica_id())
+            # The fold of 0 where a replica index once went keeps every
+            # mask drawn before rows were numbered in the global batch.
+            keys = _random.combine(keys, 0)
             outputs = self.mask_with_keys(token_ids, keys, valid, word_starts)
             self.step.assign_add(1)
         set_keras_mask(outputs["token_ids"], valid)

@@ -4,6 +4,8 @@ import keras
 from keras import ops
 
 from keras_dynmask.layers import TokenMasking
+from keras_dynmask.layers._distribution import replica_count
+from keras_dynmask.layers._distribution import sum_over_replicas
 from keras_dynmask.layers._keras_mask import without_mask
 
 _register = keras.saving.register_keras_serializable(package="keras_dynmask")
@@ -144,12 +146,17 @@ class MaskedLM(keras.Model):
         )
         # The mean over real selections, not over all K slots; a sample
         # weight scales its row's terms, as Keras' sum-over-batch losses do.
+        # Under tf.distribute the count is the global batch's, so that the
+        # replicas' terms (and gradients, which Keras sums) add up to the
+        # one-device loss.
         total = ops.sum(losses * _weighted(weights, sample_weight))
-        loss = total / ops.maximum(ops.sum(weights), 1.0)
-        if self.losses:  # regularizers and `add_loss` terms
-            loss = loss + ops.sum(
+        count = sum_over_replicas(ops.sum(ops.cast(weights, "float32")))
+        loss = total / ops.maximum(count, 1.0)
+        if self.losses:  # regularizers and `add_loss` terms, once in all
+            extra = ops.sum(
                 ops.stack([ops.cast(term, "float32") for term in self.losses])
             )
+            loss = loss + extra / replica_count()
         return loss
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):

@@ -9,6 +9,7 @@ Example:
 """
 
 import hashlib
+import os
 import pathlib
 import time
 
@@ -111,7 +112,11 @@ class WordPieceTokenizer:
         if log is not None:
             log(f"Vocabulary: learned in {time.time() - started:.0f} s")
         if cached is not None:
-            tokenizer.save(cached)
+            # Whole or not at all: another process (a second worker) may
+            # read the cache at any moment.
+            staging = cached.with_name(f".{cached.name}.{os.getpid()}")
+            tokenizer.save(staging)
+            os.replace(staging, cached)
         return tokenizer
 
     @classmethod

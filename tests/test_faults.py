@@ -1,0 +1,145 @@
+"""Faults survived: `pretrain` killed (SIGKILL) at random moments, while it
+writes a checkpoint and while it exports, then rerun with the same command,
+ends with the weights of a run never interrupted, bit for bit, and leaves
+no half-written file where a reader would look.
+
+Each kill costs a process start (TensorFlow's import), so these run in
+`make test-long`; `make test` kills one run mid-epoch
+(test_pretraining.py) and restores past a torn checkpoint in-process
+(test_checkpoints.py).
+"""
+
+import pathlib
+import random
+import sys
+
+import numpy as np
+import pytest
+
+from tests.helpers import COMMAND
+from tests.helpers import _run
+from tests.helpers import kill_when
+from tests.test_pretraining import TINY
+from tests.test_pretraining import _checkpoint_steps
+from tests.test_pretraining import _cli_settings
+from tests.test_pretraining import _weights
+from tests.test_pretraining import _write_corpus
+
+pytestmark = pytest.mark.long
+HERE = pathlib.Path(__file__).parent
+# 19 steps an epoch on the test corpus: 76 in all.
+STEPS = 76
+
+
+def _arguments(corpus, output):
+    return [f"--corpus={corpus}", f"--output={output}", "--epochs=4"] + [
+        "--save-every=3",
+        *_cli_settings(TINY),
+    ]
+
+
+def _pretrain(corpus, output):
+    run = _run([COMMAND, "pretrain", *_arguments(corpus, output)], 600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return run.stdout
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("uninterrupted")
+    corpus = _write_corpus(folder)
+    output = folder / "model"
+    _pretrain(corpus, output)
+    return corpus, _weights(output)
+
+
+def _assert_same_weights(output, expected):
+    for got, want in zip(_weights(output), expected, strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+def _hidden(output):
+    return sorted(
+        str(path.relative_to(output))
+        for path in output.rglob(".*")
+        if path.name != ".gitignore"
+    )
+
+
+def test_killed_at_random_moments_ends_as_if_never_killed(
+    uninterrupted, tmp_path
+):
+    corpus, expected = uninterrupted
+    output = tmp_path / "model"
+    draw = random.Random(0)
+    resumed_at = []
+    for _ in range(5):
+        # Killed once one or two more checkpoints are written (and a few
+        # steps later: anywhere in a step or a write).
+        last = max(_checkpoint_steps(output), default=0)
+        wait = draw.randint(1, 2)
+        kill_when(
+            [COMMAND, "pretrain", *_arguments(corpus, output)],
+            lambda last=last, wait=wait: any(
+                step >= last + 3 * wait for step in _checkpoint_steps(output)
+            ),
+        )
+        resumed_at.append(max(_checkpoint_steps(output)))
+    stdout = _pretrain(corpus, output)
+    assert f"Resuming at step {resumed_at[-1]} of {STEPS}" in stdout, stdout
+    assert resumed_at == sorted(resumed_at) and resumed_at[-1] < STEPS
+    _assert_same_weights(output, expected)
+    assert _hidden(output) == [] and not (output / "backup").exists()
+
+
+@pytest.mark.parametrize("fault", ["checkpoint-weights", "checkpoint-rename"])
+def test_a_kill_while_a_checkpoint_is_written_keeps_the_previous_one(
+    uninterrupted, tmp_path, fault
+):
+    corpus, expected = uninterrupted
+    output = tmp_path / "model"
+    # The fourth checkpoint (step 12) is torn or never renamed.
+    run = _run(
+        [sys.executable, str(HERE / "faulty_pretrain.py"), fault, "4", "--"]
+        + ["pretrain", *_arguments(corpus, output)],
+        600,
+    )
+    assert run.returncode == -9, run.stderr[-3000:]
+    assert sorted(_checkpoint_steps(output)) == [6, 9]
+    assert _hidden(output) == ["backup/.step-000000012.writing"]
+    stdout = _pretrain(corpus, output)
+    assert f"Resuming at step 9 of {STEPS}" in stdout, stdout
+    _assert_same_weights(output, expected)
+    assert _hidden(output) == []
+
+
+@pytest.mark.parametrize("at, versions", [(1, ["1"]), (2, ["1", "2"])])
+def test_a_kill_during_export_leaves_no_half_written_version(
+    uninterrupted, tmp_path, at, versions
+):
+    """Killed before the ids SavedModel (1) or the text SavedModel (2) is
+    renamed into its version folder."""
+    corpus, expected = uninterrupted
+    output = tmp_path / "model"
+    run = _run(
+        [sys.executable, str(HERE / "faulty_pretrain.py"), "export", str(at)]
+        + ["--", "pretrain", *_arguments(corpus, output)],
+        600,
+    )
+    assert run.returncode == -9, run.stderr[-3000:]
+    staged = _hidden(output)
+    assert len(staged) == 1 and "-writing-" in staged[0], staged
+    numbered = sorted(p.name for p in output.iterdir() if p.name.isdigit())
+    assert numbered == versions[:-1]
+    assert not (output / "text").exists() or not any(
+        p.name.isdigit() for p in (output / "text").iterdir()
+    )
+    # The rerun finds every step done, trains nothing, and exports again.
+    stdout = _pretrain(corpus, output)
+    assert f"Resuming at step {STEPS} of {STEPS}" in stdout, stdout
+    assert _hidden(output) == []
+    assert sorted(p.name for p in output.iterdir() if p.name.isdigit()) == (
+        versions
+    )
+    assert (output / "text" / versions[-1] / "saved_model.pb").exists()
+    _assert_same_weights(output, expected)
