@@ -3,10 +3,11 @@ writes a checkpoint and while it exports, then rerun with the same command,
 ends with the weights of a run never interrupted, bit for bit, and leaves
 no half-written file where a reader would look.
 
+The same for one worker of two (MultiWorkerMirroredStrategy on loopback).
 Each kill costs a process start (TensorFlow's import), so these run in
 `make test-long`; `make test` kills one run mid-epoch
-(test_pretraining.py) and restores past a torn checkpoint in-process
-(test_checkpoints.py).
+(test_pretraining.py), restores past a torn checkpoint in-process
+(test_checkpoints.py) and trains two workers (test_multi_worker.py).
 """
 
 import pathlib
@@ -19,6 +20,8 @@ import pytest
 from tests.helpers import COMMAND
 from tests.helpers import _run
 from tests.helpers import kill_when
+from tests.test_multi_worker import free_ports
+from tests.test_multi_worker import run_together
 from tests.test_pretraining import TINY
 from tests.test_pretraining import _checkpoint_steps
 from tests.test_pretraining import _cli_settings
@@ -143,3 +146,74 @@ def test_a_kill_during_export_leaves_no_half_written_version(
     )
     assert (output / "text" / versions[-1] / "saved_model.pb").exists()
     _assert_same_weights(output, expected)
+
+
+def _worker(corpus, output, ports, index):
+    return [COMMAND, "pretrain", *_arguments(corpus, output), "--dropout=0"] + [
+        f"--workers={','.join(f'localhost:{p}' for p in ports)}",
+        f"--worker-index={index}",
+    ]
+
+
+def _trainable(folder):
+    import keras
+
+    import keras_dynmask  # noqa: F401  (registers the classes)
+
+    model = keras.saving.load_model(folder / "model.keras")
+    return {w.path: np.asarray(w) for w in model.trainable_weights}
+
+
+def test_two_workers_one_killed_mid_epoch_resume_as_if_never_killed(tmp_path):
+    """Worker 1 of 2 is killed mid-epoch; the chief, stuck in a collective,
+    is killed too (a cluster manager would restart both); the same two
+    commands, rerun, end with the uninterrupted run's weights."""
+    import subprocess
+    import time
+
+    corpus = _write_corpus(tmp_path)
+    straight, alone, output = (tmp_path / n for n in ("two", "one", "model"))
+    ports = free_ports(2)
+    runs = run_together(
+        [_worker(corpus, straight, ports, i) for i in range(2)]
+        + [[COMMAND, "pretrain", *_arguments(corpus, alone), "--dropout=0"]]
+    )
+    for run in runs:
+        assert run.returncode == 0, run.stderr[-3000:]
+    assert "Replicas: 2 in sync" in runs[0].stdout
+    # Two workers train as one process on the same global batches.
+    one = _trainable(alone)
+    for path, values in _trainable(straight).items():
+        if not path.endswith("key/bias"):  # see test_multi_worker.py
+            np.testing.assert_allclose(values, one[path], atol=1e-4)
+
+    ports = free_ports(2)
+    workers = [
+        subprocess.Popen(
+            _worker(corpus, output, ports, i),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for i in range(2)
+    ]
+    deadline = time.monotonic() + 300
+    try:
+        while not any(step % 19 for step in _checkpoint_steps(output)):
+            assert time.monotonic() < deadline
+            assert all(w.poll() is None for w in workers)
+            time.sleep(0.02)
+        workers[1].kill()
+        time.sleep(5)  # the chief waits on the dead worker
+    finally:
+        for worker in workers:
+            worker.kill()
+            worker.wait()
+    assert workers[1].returncode == -9
+    assert not (output / "model.keras").exists()
+    restored = max(_checkpoint_steps(output))
+    ports = free_ports(2)
+    runs = run_together([_worker(corpus, output, ports, i) for i in range(2)])
+    for run in runs:
+        assert run.returncode == 0, run.stderr[-3000:]
+        assert f"Resuming at step {restored} of {STEPS}" in run.stdout
+    _assert_same_weights(output, _weights(straight))

@@ -25,6 +25,8 @@ RUN_TIME_TENSORFLOW = {
     ("layers/_distribution.py", "_replica_context"),
     ("layers/_distribution.py", "first_row"),
     ("layers/_distribution.py", "replica_count"),
+    ("layers/_distribution.py", "logs_for_keras"),
+    ("layers/_distribution.py", "synced_mean"),
 }
 
 

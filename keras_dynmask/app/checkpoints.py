@@ -16,6 +16,7 @@ import json
 import os
 import pathlib
 import shutil
+import tempfile
 
 import keras
 import numpy as np
@@ -60,25 +61,36 @@ class StepBackup(keras.callbacks.Callback):
 
     def save(self, step):
         """Writes the checkpoint of `step` (once), then drops all but the
-        two newest."""
+        two newest.
+
+        Every worker of a multi-worker strategy writes (reading mirrored
+        variables runs collectives, which all must join); the others write
+        to a temporary folder they remove.
+        """
         if not _writes_checkpoints(self.model):
+            with tempfile.TemporaryDirectory() as elsewhere:
+                self._write(pathlib.Path(elsewhere), step)
             return
         target = self.backup_dir / f"{_PREFIX}{step:09d}"
-        if target.exists():
-            return
         staging = self.backup_dir / f".{target.name}.writing"
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
-        self.model.save_weights(staging / "model.weights.h5")
-        with open(staging / "random_states.npz", "wb") as file:
-            np.savez(file, *[v.numpy() for v in _random_states(self.model)])
-        (staging / "step.json").write_text(json.dumps({"step": step}))
-        for path in staging.iterdir():
-            _flush(path)
-        os.replace(staging, target)
-        _flush(self.backup_dir)
+        self._write(staging, step)
+        if target.exists():  # written before an interruption
+            shutil.rmtree(staging)
+        else:
+            os.replace(staging, target)
+            _flush(self.backup_dir)
         for old in self.checkpoints()[2:]:
             shutil.rmtree(old, ignore_errors=True)
+
+    def _write(self, folder, step):
+        self.model.save_weights(folder / "model.weights.h5")
+        with open(folder / "random_states.npz", "wb") as file:
+            np.savez(file, *[v.numpy() for v in _random_states(self.model)])
+        (folder / "step.json").write_text(json.dumps({"step": step}))
+        for path in folder.iterdir():
+            _flush(path)
 
     def _step(self):
         return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
@@ -102,8 +114,9 @@ class StepBackup(keras.callbacks.Callback):
     def restore(self, model):
         """Loads the newest readable checkpoint into `model` (compiled) and
         returns its step, or `0` when there is none."""
-        for staging in self.backup_dir.glob(f".{_PREFIX}*.writing"):
-            shutil.rmtree(staging, ignore_errors=True)  # a killed write
+        if _writes_checkpoints(model):
+            for staging in self.backup_dir.glob(f".{_PREFIX}*.writing"):
+                shutil.rmtree(staging, ignore_errors=True)  # a killed write
         failures = []
         for folder in self.checkpoints():
             try:

@@ -87,6 +87,18 @@ def _add_pretrain(commands):
         "--steps-per-epoch", type=int, help="default: a full pass"
     )
     pretrain.add_argument(
+        "--workers",
+        help="host:port of every worker, comma-separated, the same list on "
+        "each (writes TF_CONFIG; default: TF_CONFIG if set, else this "
+        "process alone)",
+    )
+    pretrain.add_argument(
+        "--worker-index",
+        type=int,
+        help="this worker's place in --workers (0 is the chief, which "
+        "writes the model)",
+    )
+    pretrain.add_argument(
         "--save-every",
         type=int,
         default=100,
@@ -325,6 +337,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     from keras_dynmask.tf import quiet
 
+    strategy = _strategy(args, parser) if args.command == "pretrain" else None
     quiet.start_devices()
     # Ctrl-C while TensorFlow traces can surface as the ValueError of the
     # conversion it broke ("None values not supported"): the handler notes
@@ -339,7 +352,7 @@ def main(argv=None):
     if previous is signal.default_int_handler:
         signal.signal(signal.SIGINT, interrupt)
     try:
-        _run(args, parser)
+        _run(args, parser, strategy)
     except ValueError as error:
         if not interrupted:
             parser.error(str(error))
@@ -364,7 +377,28 @@ def _interrupted(args):
     print(f"\nkeras-dynmask {args.command}: interrupted{resume}.")
 
 
-def _run(args, parser):
+def _strategy(args, parser):
+    """The `tf.distribute` strategy of a `pretrain` run, created before
+    TensorFlow's first op (as a multi-worker strategy must be)."""
+    import json
+    import os
+
+    from keras_dynmask.tf import distribute
+
+    if (args.workers is None) != (args.worker_index is None):
+        parser.error("--workers and --worker-index go together")
+    try:
+        if args.workers is not None:
+            config = distribute.cluster_config(
+                args.workers.split(","), args.worker_index
+            )
+            os.environ["TF_CONFIG"] = json.dumps(config)
+        return distribute.strategy_from_environment()
+    except ValueError as error:
+        parser.error(str(error))
+
+
+def _run(args, parser, strategy=None):
     if args.command == "show-mask":
         _show_mask(args, parser)
     elif args.command == "demo":
@@ -380,6 +414,7 @@ def _run(args, parser):
             output=args.output,
             steps_per_epoch=args.steps_per_epoch,
             save_every=args.save_every,
+            strategy=strategy,
             **{name: getattr(args, name) for name in DEFAULTS},
         )
     elif args.command == "fill-mask":

@@ -15,6 +15,7 @@ import time
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from keras_dynmask import models
 from keras_dynmask.app import corpus
@@ -24,6 +25,7 @@ from keras_dynmask.core._checks import check_fraction
 from keras_dynmask.core._checks import check_int
 from keras_dynmask.layers import TokenMasking
 from keras_dynmask.tf import data
+from keras_dynmask.tf import distribute
 from keras_dynmask.tf import export
 from keras_dynmask.tf.tokenizer import WordPieceTokenizer
 
@@ -37,6 +39,7 @@ def pretrain(
     callbacks=(),
     log=print,
     save_every=100,
+    strategy=None,
     **settings,
 ):
     """Pretrains a masked-LM encoder and writes it to `output`.
@@ -61,6 +64,12 @@ def pretrain(
         log: where progress lines go.
         save_every: int >= 1. Steps between checkpoints (and one at each
             epoch's end). Defaults to `100`.
+        strategy: a `tf.distribute` strategy; defaults to the current one.
+            Under `MultiWorkerMirroredStrategy` every worker makes the same
+            call (the same arguments, `output` on storage they share): each
+            replica trains on its slice of every global batch of
+            `batch_size` rows, and the chief alone writes checkpoints and
+            the model.
         **settings: overrides of `DEFAULTS`.
 
     Returns:
@@ -74,13 +83,16 @@ def pretrain(
         "corpus": None if corpus_path is None else str(corpus_path),
         "steps_per_epoch": steps_per_epoch,
     }
+    strategy = strategy or tf.distribute.get_strategy()
+    chief = distribute.is_chief(strategy)
     _check_resumable(output / "backup", run)
     created = _make_output(output)
     try:
-        return _pretrain(output, run, save_every, callbacks, log)
+        return _pretrain(output, run, save_every, callbacks, log, strategy)
     except BaseException:
         # A run that failed before its first checkpoint leaves nothing.
-        if created and not StepBackup(output / "backup", 1, 1).checkpoints():
+        backup = StepBackup(output / "backup", 1, 1)
+        if chief and created and not backup.checkpoints():
             shutil.rmtree(output, ignore_errors=True)
         raise
 
@@ -160,7 +172,7 @@ def _make_output(output):
     return not existed
 
 
-def _pretrain(output, run, save_every, callbacks, log):
+def _pretrain(output, run, save_every, callbacks, log, strategy):
     settings = {name: run[name] for name in DEFAULTS}
     keras.utils.set_random_seed(settings["seed"])
     start = time.time()
@@ -181,39 +193,57 @@ def _pretrain(output, run, save_every, callbacks, log):
         f"{settings['max_length']} tokens, batches padded to their own "
         "longest"
     )
-    held_out_data = data.batched(held_out_sequences, settings["batch_size"])
-    model = _build(tokenizer, settings)
-    epochs_run = _train(
-        model,
-        train_sequences,
-        held_out_data,
-        run,
-        output,
-        save_every,
-        callbacks,
-        log,
-    )
-    results = model.evaluate(held_out_data, verbose=0, return_dict=True)
-    baseline = unigram_baseline(
-        model, tokenizer, train_sequences, held_out_data
-    )
+    if strategy.num_replicas_in_sync > 1:
+        log(
+            f"Replicas: {strategy.num_replicas_in_sync} in sync, each "
+            f"training on its slice of every batch of "
+            f"{settings['batch_size']} rows"
+        )
+    held_out_batches = data.batched(held_out_sequences, settings["batch_size"])
+    with strategy.scope():
+        model = _build(tokenizer, settings)
+        held_out_data = distribute.replica_batches(
+            lambda: data.batched(held_out_sequences, settings["batch_size"]),
+            strategy,
+            pad_id=tokenizer.pad_id,
+        )
+        epochs_run = _train(
+            model,
+            train_sequences,
+            held_out_data,
+            run,
+            output,
+            save_every,
+            callbacks,
+            log,
+            strategy,
+        )
+        results = model.evaluate(held_out_data, verbose=0, return_dict=True)
+        baseline = unigram_baseline(
+            model, tokenizer, train_sequences, held_out_batches
+        )
     log(
         f"Held-out masked-LM accuracy {results['accuracy']:.3f} "
         f"(loss {results['loss']:.3f}); a unigram baseline (always the most "
         f"frequent token) gets {baseline:.3f}"
     )
-    _save_and_export(output, model, tokenizer, settings, log)
-    # Everything is written: the backup has served.
-    shutil.rmtree(output / "backup", ignore_errors=True)
-    for line in fill_mask(model, tokenizer, SAMPLE):
-        log(line)
-    log(f"Done in {time.time() - start:.0f} s")
-    return {
+    results = {
         "held_out_accuracy": results["accuracy"],
         "held_out_loss": results["loss"],
         "unigram_accuracy": baseline,
         "epochs_run": epochs_run,
     }
+    if not distribute.is_chief(strategy):
+        # Saving reads the mirrored variables, which every worker joins.
+        with tempfile.TemporaryDirectory() as elsewhere:
+            model.save(pathlib.Path(elsewhere) / "model.keras")
+        log(f"Done in {time.time() - start:.0f} s; the chief writes the model")
+        return results
+    _save_and_export(output, model, tokenizer, settings, log)
+    # Everything is written: the backup has served.
+    shutil.rmtree(output / "backup", ignore_errors=True)
+    log(f"Done in {time.time() - start:.0f} s")
+    return results
 
 
 def _documents(corpus_path, log):
@@ -242,6 +272,7 @@ def _train(
     save_every,
     callbacks,
     log,
+    strategy,
 ):
     """Compiles and fits `model`, resuming from the backup in `output` at
     the step it stopped; returns how many epochs (or parts) ran."""
@@ -260,8 +291,10 @@ def _train(
     model.compile(optimizer=keras.optimizers.AdamW(learning_rate))
     backup = StepBackup(output / "backup", steps_per_epoch, save_every, log)
     done = backup.restore(model)
-    (output / "backup").mkdir(exist_ok=True)
-    (output / "backup" / "run.json").write_text(json.dumps(run, indent=2))
+    _same_on_every_worker(done, strategy, output / "backup")
+    if distribute.is_chief(strategy):
+        (output / "backup").mkdir(exist_ok=True)
+        (output / "backup" / "run.json").write_text(json.dumps(run, indent=2))
     epoch, batch = divmod(done, steps_per_epoch)
     if done:
         log(
@@ -273,11 +306,16 @@ def _train(
     def fit(first_epoch, last_epoch, steps):
         # Batch n of the stream is the same in every run: a resumed run
         # rejoins it at the step it restored.
-        stream = data.training_stream(
-            train_sequences,
-            settings["batch_size"],
-            seed=settings["seed"],
-            start=int(keras.ops.convert_to_numpy(model.optimizer.iterations)),
+        step = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+        stream = distribute.replica_batches(
+            lambda: data.training_stream(
+                train_sequences,
+                settings["batch_size"],
+                seed=settings["seed"],
+                start=step,
+            ),
+            strategy,
+            pad_id=model.masking.pad_id,
         )
         model.fit(
             stream,
@@ -300,6 +338,26 @@ def _train(
     return epochs_run
 
 
+def _same_on_every_worker(step, strategy, backup):
+    """Refuses to go on when the workers restored different steps (a
+    backup folder they do not share)."""
+    if strategy.num_replicas_in_sync == 1:
+        return
+
+    @tf.function
+    def every_step():
+        mine = strategy.run(lambda: tf.constant([step], tf.int64))
+        return strategy.gather(mine, axis=0)
+
+    steps = sorted(set(every_step().numpy().tolist()))
+    if len(steps) > 1:
+        raise ValueError(
+            f"The workers restored different steps ({steps}) from {backup}: "
+            "every worker must see the chief's --output folder (shared "
+            "storage)"
+        )
+
+
 def _save_and_export(output, model, tokenizer, settings, log):
     """`model.keras`, `vocabulary.txt`, `settings.json`, the SavedModels and
     the TFLite file, each written beside its place and renamed into it, so
@@ -310,6 +368,10 @@ def _save_and_export(output, model, tokenizer, settings, log):
         for staging in folder.glob(".*-writing-*"):
             shutil.rmtree(staging, ignore_errors=True)
     _atomically(output / "model.keras", model.save)
+    if model.distribute_strategy is not tf.distribute.get_strategy():
+        # Variables of a strategy (mirrored across workers) export through
+        # a copy of one process's own, which needs no other worker.
+        model = keras.saving.load_model(output / "model.keras")
     _atomically(output / "vocabulary.txt", tokenizer.save)
     _atomically(
         output / "settings.json",
@@ -328,6 +390,8 @@ def _save_and_export(output, model, tokenizer, settings, log):
         f"{tflite.name}; largest difference from Keras: "
         f"SavedModel {gaps['saved_model']:.1e}, TFLite {gaps['tflite']:.1e}"
     )
+    for line in fill_mask(model, tokenizer, SAMPLE):
+        log(line)
 
 
 def _atomically(path, write):

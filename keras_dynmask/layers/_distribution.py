@@ -66,3 +66,52 @@ def replica_count():
     import tensorflow as tf
 
     return tf.distribute.get_strategy().num_replicas_in_sync
+
+
+def splits_the_batch():
+    """Whether this step runs on one replica's slice of the global batch
+    (a `tf.distribute` replica step with more than one replica)."""
+    return _replica_context() is not None
+
+
+def logs_for_keras(logs):
+    """A train or test step's logs, shaped so Keras can reduce them.
+
+    Keras 3.15 reduces a multi-worker step's logs with
+    `strategy.reduce("MEAN", value, axis=0)`, which fails on scalars
+    ("Invalid reduction dimension 0 for input with 0 dimensions",
+    tensorflow/tensorflow#72388): under `MultiWorkerMirroredStrategy` each
+    log becomes a vector of one value (the same on every replica: metric
+    variables sum their updates across replicas), which that reduction
+    takes back to a scalar. Elsewhere the logs pass unchanged.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return logs
+    import tensorflow as tf
+
+    extended = tf.distribute.get_strategy().extended
+    if not getattr(extended, "_in_multi_worker_mode", lambda: False)():
+        return logs
+    return {name: ops.reshape(value, (1,)) for name, value in logs.items()}
+
+
+def synced_mean(metric):
+    """A mean metric's result over all replicas' updates, in a `tf.distribute`
+    replica step (where `splits_the_batch()`).
+
+    Keras keeps a metric's totals per replica and logs the mean of the
+    replicas' own results, which is not the global mean when the replicas'
+    weights differ (slices of different sizes, a different number of
+    selected tokens); this sums the totals and the weights first.
+
+    Args:
+        metric: a `keras.metrics.Mean`, or any metric with `total` and
+            `count` variables (`MeanMetricWrapper`, accuracy).
+    """
+    import tensorflow as tf
+
+    # This replica's own totals, read as tensors: a variable handed to the
+    # all-reduce would be reduced as a variable.
+    total = sum_over_replicas(tf.identity(metric.total.value))
+    count = sum_over_replicas(tf.identity(metric.count.value))
+    return tf.math.divide_no_nan(total, count)

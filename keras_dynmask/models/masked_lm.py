@@ -4,8 +4,11 @@ import keras
 from keras import ops
 
 from keras_dynmask.layers import TokenMasking
+from keras_dynmask.layers._distribution import logs_for_keras
 from keras_dynmask.layers._distribution import replica_count
+from keras_dynmask.layers._distribution import splits_the_batch
 from keras_dynmask.layers._distribution import sum_over_replicas
+from keras_dynmask.layers._distribution import synced_mean
 from keras_dynmask.layers._keras_mask import without_mask
 
 _register = keras.saving.register_keras_serializable(package="keras_dynmask")
@@ -89,6 +92,8 @@ class MaskedLM(keras.Model):
         else:
             self.decoder = keras.layers.Dense(vocabulary_size, name="decoder")
         self.accuracy = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+        # The logged loss when each replica holds a slice of the batch.
+        self.global_loss = keras.metrics.Mean(name="global_loss")
         self._evaluating = False
 
     def build(self, input_shape=None):
@@ -150,13 +155,33 @@ class MaskedLM(keras.Model):
         # replicas' terms (and gradients, which Keras sums) add up to the
         # one-device loss.
         total = ops.sum(losses * _weighted(weights, sample_weight))
-        count = sum_over_replicas(ops.sum(ops.cast(weights, "float32")))
-        loss = total / ops.maximum(count, 1.0)
+        count = ops.maximum(
+            sum_over_replicas(ops.sum(ops.cast(weights, "float32"))), 1.0
+        )
+        loss = total / count
+        extra = 0.0
         if self.losses:  # regularizers and `add_loss` terms, once in all
             extra = ops.sum(
                 ops.stack([ops.cast(term, "float32") for term in self.losses])
             )
             loss = loss + extra / replica_count()
+        if splits_the_batch():
+            # Keras logs each replica's loss weighted by its rows, which
+            # is not the global batch's loss when the slices differ in
+            # size; this logs the global loss itself.
+            # Weighted by rows that hold a token: a replica's slice may end
+            # with padding rows that even out the slices.
+            rows = ops.shape(weights)[0]
+            if x is not None:
+                rows = ops.sum(
+                    ops.cast(
+                        ops.any(self.masking.valid_positions(x), axis=1),
+                        "float32",
+                    )
+                )
+            self.global_loss.update_state(
+                sum_over_replicas(total) / count + extra, sample_weight=rows
+            )
         return loss
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
@@ -165,7 +190,13 @@ class MaskedLM(keras.Model):
             ops.cast(y_pred["logits"], "float32"),
             sample_weight=_weighted(y_pred["mask_weights"], sample_weight),
         )
-        return self.get_metrics_result()
+        logs = self.get_metrics_result()
+        del logs["global_loss"]
+        if splits_the_batch():
+            # The global batch's figures, as one device would log them.
+            logs["loss"] = synced_mean(self.global_loss)
+            logs["accuracy"] = synced_mean(self.accuracy)
+        return logs_for_keras(logs)
 
     def get_config(self):
         return {
