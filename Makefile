@@ -71,7 +71,8 @@ LIBRARY_TESTS := tests/test_patterns.py tests/test_attention.py \
 	tests/test_time_frequency_masking.py tests/test_layout.py \
 	tests/test_without_tensorflow.py tests/test_keras_peers.py \
 	tests/test_drop_in.py tests/test_grouped_query_attention.py \
-	tests/test_blockwise.py tests/test_seq2seq_generation.py
+	tests/test_blockwise.py tests/test_seq2seq_generation.py \
+	tests/test_data_parallel.py
 BACKEND_TESTS := $(LIBRARY_TESTS) tests/test_backends.py
 
 $(VENV)-%/.installed: setup.cfg pyproject.toml

@@ -148,3 +148,46 @@ def kill_when(command, ready, timeout=300, env=None):
         assert process.wait() == -9
         stderr.seek(0)
         return stderr.read()
+
+
+def free_ports(count):
+    """Ports free on the loopback interface now."""
+    import socket
+
+    sockets = [socket.socket() for _ in range(count)]
+    for sock in sockets:
+        sock.bind(("localhost", 0))
+    ports = [sock.getsockname()[1] for sock in sockets]
+    for sock in sockets:
+        sock.close()
+    return ports
+
+
+def run_together(commands, timeout=600, envs=None):
+    """Starts `commands` at once (each with its `envs` entry added to the
+    environment); returns their `CompletedProcess`es."""
+    envs = envs or [{}] * len(commands)
+    base = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    processes = [
+        subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**base, **env},
+        )
+        for command, env in zip(commands, envs, strict=True)
+    ]
+    done = []
+    try:
+        for command, process in zip(commands, processes, strict=True):
+            out, err = process.communicate(timeout=timeout)
+            done.append(
+                subprocess.CompletedProcess(
+                    command, process.returncode, out, err
+                )
+            )
+    finally:
+        for process in processes:
+            process.kill()
+    return done

@@ -19,9 +19,9 @@ import pytest
 
 from tests.helpers import COMMAND
 from tests.helpers import _run
+from tests.helpers import free_ports
 from tests.helpers import kill_when
-from tests.test_multi_worker import free_ports
-from tests.test_multi_worker import run_together
+from tests.helpers import run_together
 from tests.test_pretraining import TINY
 from tests.test_pretraining import _checkpoint_steps
 from tests.test_pretraining import _cli_settings

@@ -3,56 +3,17 @@ on this machine (loopback addresses only), against one process given the
 same global batches."""
 
 import json
-import os
 import pathlib
-import socket
-import subprocess
 import sys
 
 import numpy as np
 import pytest
 
+from tests.helpers import free_ports
+from tests.helpers import run_together
+
 pytestmark = pytest.mark.tensorflow_only
 HERE = pathlib.Path(__file__).parent
-
-
-def free_ports(count):
-    """Ports free on the loopback interface now."""
-    sockets = [socket.socket() for _ in range(count)]
-    for sock in sockets:
-        sock.bind(("localhost", 0))
-    ports = [sock.getsockname()[1] for sock in sockets]
-    for sock in sockets:
-        sock.close()
-    return ports
-
-
-def run_together(commands, timeout=600):
-    """Starts `commands` at once; returns their `CompletedProcess`es."""
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    processes = [
-        subprocess.Popen(
-            command,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        for command in commands
-    ]
-    done = []
-    try:
-        for command, process in zip(commands, processes, strict=True):
-            out, err = process.communicate(timeout=timeout)
-            done.append(
-                subprocess.CompletedProcess(
-                    command, process.returncode, out, err
-                )
-            )
-    finally:
-        for process in processes:
-            process.kill()
-    return done
 
 
 def _fit(*which):
