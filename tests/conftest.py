@@ -6,6 +6,16 @@ import keras  # noqa: E402
 import pytest  # noqa: E402
 from hypothesis import settings  # noqa: E402
 
+# Scripts that tests run in processes of their own, each setting up its
+# process (devices, TF_CONFIG, the backend) when it starts: never imported
+# by the collection (--doctest-modules would import them).
+collect_ignore = [
+    "distributed_fit.py",
+    "multi_worker_fit.py",
+    "data_parallel_fit.py",
+    "faulty_pretrain.py",
+]
+
 settings.register_profile("default", deadline=None, max_examples=500)
 settings.register_profile("long", deadline=None, max_examples=5000)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))

@@ -99,6 +99,20 @@ def _add_pretrain(commands):
         "writes the model)",
     )
     pretrain.add_argument(
+        "--stream",
+        action="store_true",
+        help="read --corpus a paragraph at a time on every pass, never "
+        "whole (the default for a corpus of over 256 MB); an epoch is then "
+        "--steps-per-epoch steps (default 1000)",
+    )
+    pretrain.add_argument(
+        "--vocabulary-sample-mb",
+        type=float,
+        default=32,
+        help="with --stream: MB of the first training documents the "
+        "vocabulary is learned from (default: %(default)s)",
+    )
+    pretrain.add_argument(
         "--save-every",
         type=int,
         default=100,
@@ -415,6 +429,8 @@ def _run(args, parser, strategy=None):
             steps_per_epoch=args.steps_per_epoch,
             save_every=args.save_every,
             strategy=strategy,
+            stream=True if args.stream else None,
+            vocabulary_sample_mb=args.vocabulary_sample_mb,
             **{name: getattr(args, name) for name in DEFAULTS},
         )
     elif args.command == "fill-mask":

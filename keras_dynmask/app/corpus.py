@@ -102,11 +102,7 @@ def split_documents(documents, held_out_fraction=0.05):
             "one to train on and one held out; a useful model needs "
             "thousands of sentences"
         )
-    shares = [
-        int.from_bytes(hashlib.sha256(d.encode("utf-8")).digest()[:4], "big")
-        / 2**32
-        for d in documents
-    ]
+    shares = [held_out_share(d) for d in documents]
     # A small corpus whose hashes all fall above the fraction still holds
     # out one document: the one with the smallest hash.
     threshold = max(held_out_fraction, min(shares))
@@ -116,3 +112,69 @@ def split_documents(documents, held_out_fraction=0.05):
     if not training:  # every document had the same text
         training, held_out = held_out[1:], held_out[:1]
     return training, held_out
+
+
+# A corpus over this many bytes is streamed rather than read whole.
+STREAM_ABOVE = 256 * 2**20
+# Held-out documents of a streamed corpus: the first ones, in file order.
+STREAMED_HELD_OUT = 2000
+
+
+def corpus_files(path):
+    """The `.txt` files of a corpus path (a file, or a folder searched
+    recursively), in sorted order."""
+    path = pathlib.Path(path)
+    if not path.exists():
+        raise ValueError(f"corpus path does not exist: corpus={str(path)!r}")
+    files = [path] if path.is_file() else sorted(path.rglob("*.txt"))
+    if not files:
+        raise ValueError(
+            f"The corpus folder holds no .txt files: corpus={str(path)!r}"
+        )
+    return files
+
+
+def corpus_bytes(path):
+    """The size of a corpus path's `.txt` files, in bytes."""
+    return sum(file.stat().st_size for file in corpus_files(path))
+
+
+def stream_documents(files, log=print):
+    """Documents of `files`, one at a time, never a whole file in memory:
+    paragraphs separated by blank lines, as `read_corpus` reads them.
+
+    A file that is not UTF-8 text is skipped (named through `log`); one
+    that stops being UTF-8 part-way is read up to there.
+    """
+    for file in files:
+        with open(file, "rb") as handle:
+            head = handle.read(65536)
+        try:
+            head.decode("utf-8")
+        except UnicodeDecodeError as error:
+            if error.end < len(head) - 3:  # not a character cut in two
+                log(f"Skipped {file} (not UTF-8 at byte {error.start})")
+                continue
+        if b"\x00" in head:
+            log(f"Skipped {file} (binary: it holds NUL bytes)")
+            continue
+        lines = []
+        try:
+            with open(file, encoding="utf-8") as handle:
+                for line in handle:
+                    if line.strip():
+                        lines.append(line)
+                    elif lines:
+                        yield "".join(lines).strip()
+                        lines = []
+        except UnicodeDecodeError as error:
+            log(f"Read {file} up to byte {error.start}: not UTF-8 after it")
+        if lines:
+            yield "".join(lines).strip()
+
+
+def held_out_share(document):
+    """Where `document` falls in [0, 1): a hash of its text, so that the
+    held-out split does not depend on the order of the documents."""
+    digest = hashlib.sha256(document.encode("utf-8")).digest()
+    return int.from_bytes(digest[:4], "big") / 2**32

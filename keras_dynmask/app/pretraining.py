@@ -19,6 +19,7 @@ import tensorflow as tf
 
 from keras_dynmask import models
 from keras_dynmask.app import corpus
+from keras_dynmask.app import training_data
 from keras_dynmask.app.checkpoints import StepBackup
 from keras_dynmask.app.pretraining_defaults import DEFAULTS
 from keras_dynmask.core._checks import check_fraction
@@ -30,6 +31,8 @@ from keras_dynmask.tf import export
 from keras_dynmask.tf.tokenizer import WordPieceTokenizer
 
 SAMPLE = "Return a new [MASK] containing the items of the list."
+# Steps in an epoch of a streamed corpus, whose length is not counted.
+STREAMED_EPOCH = 1000
 
 
 def pretrain(
@@ -40,6 +43,8 @@ def pretrain(
     log=print,
     save_every=100,
     strategy=None,
+    stream=None,
+    vocabulary_sample_mb=32,
     **settings,
 ):
     """Pretrains a masked-LM encoder and writes it to `output`.
@@ -64,6 +69,13 @@ def pretrain(
         log: where progress lines go.
         save_every: int >= 1. Steps between checkpoints (and one at each
             epoch's end). Defaults to `100`.
+        stream: bool, or `None` to stream a corpus of over 256 MB: read
+            `corpus_path` a paragraph at a time on every pass instead of
+            whole (see `training_data`). A streamed epoch is
+            `steps_per_epoch` steps (default 1000).
+        vocabulary_sample_mb: number > 0. A streamed corpus's vocabulary
+            is learned from its first training documents up to this many
+            MB of text. Defaults to `32`.
         strategy: a `tf.distribute` strategy; defaults to the current one.
             Under `MultiWorkerMirroredStrategy` every worker makes the same
             call (the same arguments, `output` on storage they share): each
@@ -77,11 +89,27 @@ def pretrain(
     """
     settings = check_settings(settings, steps_per_epoch)
     save_every = check_int("save_every", save_every, minimum=1)
+    if not (
+        isinstance(vocabulary_sample_mb, (int, float))
+        and vocabulary_sample_mb > 0
+    ):
+        raise ValueError(
+            "vocabulary_sample_mb must be a number > 0, received "
+            f"vocabulary_sample_mb={vocabulary_sample_mb!r}"
+        )
     output = pathlib.Path(output)
+    if stream is None:
+        stream = (
+            corpus_path is not None
+            and corpus.corpus_bytes(corpus_path) > corpus.STREAM_ABOVE
+        )
     run = {
         **settings,
         "corpus": None if corpus_path is None else str(corpus_path),
         "steps_per_epoch": steps_per_epoch,
+        "stream": bool(stream),
+        # Read only when streaming: in memory, the whole corpus is used.
+        "vocabulary_sample_mb": vocabulary_sample_mb if stream else None,
     }
     strategy = strategy or tf.distribute.get_strategy()
     chief = distribute.is_chief(strategy)
@@ -176,40 +204,25 @@ def _pretrain(output, run, save_every, callbacks, log, strategy):
     settings = {name: run[name] for name in DEFAULTS}
     keras.utils.set_random_seed(settings["seed"])
     start = time.time()
-    training, held_out = _documents(run["corpus"], log)
-    tokenizer = WordPieceTokenizer.build(
-        training, settings["vocabulary_size"], cache_dir=cache_dir(), log=log
-    )
-    log(f"Vocabulary: {tokenizer.vocabulary_size} WordPiece tokens")
-    train_sequences = data.sequences(
-        tokenizer, training, settings["max_length"]
-    )
-    held_out_sequences = data.sequences(
-        tokenizer, held_out, settings["max_length"]
-    )
-    log(
-        f"Sequences: {len(train_sequences)} for training, "
-        f"{len(held_out_sequences)} held out, at most "
-        f"{settings['max_length']} tokens, batches padded to their own "
-        "longest"
-    )
+    corpus_data = training_data.load(run, settings, cache_dir(), log)
+    tokenizer = corpus_data.tokenizer
     if strategy.num_replicas_in_sync > 1:
         log(
             f"Replicas: {strategy.num_replicas_in_sync} in sync, each "
             f"training on its slice of every batch of "
             f"{settings['batch_size']} rows"
         )
-    held_out_batches = data.batched(held_out_sequences, settings["batch_size"])
+    held_out = corpus_data.held_out_sequences
     with strategy.scope():
         model = _build(tokenizer, settings)
         held_out_data = distribute.replica_batches(
-            lambda: data.batched(held_out_sequences, settings["batch_size"]),
+            lambda: data.batched(held_out, settings["batch_size"]),
             strategy,
             pad_id=tokenizer.pad_id,
         )
         epochs_run = _train(
             model,
-            train_sequences,
+            corpus_data,
             held_out_data,
             run,
             output,
@@ -220,7 +233,10 @@ def _pretrain(output, run, save_every, callbacks, log, strategy):
         )
         results = model.evaluate(held_out_data, verbose=0, return_dict=True)
         baseline = unigram_baseline(
-            model, tokenizer, train_sequences, held_out_batches
+            model,
+            tokenizer,
+            corpus_data.counted_sequences,
+            data.batched(held_out, settings["batch_size"]),
         )
     log(
         f"Held-out masked-LM accuracy {results['accuracy']:.3f} "
@@ -246,26 +262,9 @@ def _pretrain(output, run, save_every, callbacks, log, strategy):
     return results
 
 
-def _documents(corpus_path, log):
-    """`(training, held_out)` documents of the corpus, said in a line."""
-    if corpus_path is None:
-        documents = corpus.default_corpus()
-        source = "the embedded corpus (standard-library docstrings, pydoc)"
-    else:
-        documents = corpus.read_corpus(corpus_path, log=log)
-        source = str(corpus_path)
-    training, held_out = corpus.split_documents(documents)
-    log(
-        f"Corpus: {source}: {len(documents)} documents, "
-        f"{sum(len(d.split()) for d in documents):,} words "
-        f"({len(held_out)} documents held out)"
-    )
-    return training, held_out
-
-
 def _train(
     model,
-    train_sequences,
+    corpus_data,
     held_out_data,
     run,
     output,
@@ -277,8 +276,8 @@ def _train(
     """Compiles and fits `model`, resuming from the backup in `output` at
     the step it stopped; returns how many epochs (or parts) ran."""
     settings = {name: run[name] for name in DEFAULTS}
-    steps_per_epoch = run["steps_per_epoch"] or data.batches_per_pass(
-        train_sequences, settings["batch_size"]
+    steps_per_epoch = (
+        run["steps_per_epoch"] or corpus_data.steps_per_pass or STREAMED_EPOCH
     )
     epochs = settings["epochs"]
     total_steps = epochs * steps_per_epoch
@@ -307,16 +306,7 @@ def _train(
         # Batch n of the stream is the same in every run: a resumed run
         # rejoins it at the step it restored.
         step = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
-        stream = distribute.replica_batches(
-            lambda: data.training_stream(
-                train_sequences,
-                settings["batch_size"],
-                seed=settings["seed"],
-                start=step,
-            ),
-            strategy,
-            pad_id=model.masking.pad_id,
-        )
+        stream = corpus_data.batches(step, strategy, model.masking.pad_id)
         model.fit(
             stream,
             initial_epoch=first_epoch,

@@ -110,6 +110,66 @@ def training_stream(
     return stream.skip(start).prefetch(tf.data.AUTOTUNE)
 
 
+def streamed_sequences(tokenizer, documents, max_length, chunk=256):
+    """`sequences` of an iterable of documents, `chunk` documents at a
+    time: a generator that never holds more than a chunk."""
+    pending = []
+    for document in documents:
+        pending.append(document)
+        if len(pending) == chunk:
+            yield from sequences(tokenizer, pending, max_length)
+            pending = []
+    if pending:
+        yield from sequences(tokenizer, pending, max_length)
+
+
+def streamed_training_stream(
+    make_sequences,
+    batch_size,
+    seed,
+    max_length,
+    pad_id=0,
+    shuffle_buffer=10_000,
+    start=0,
+    fixed_length=False,
+):
+    """Endless padded batches of a corpus too large to hold, for training.
+
+    `make_sequences()` gives the sequences of one pass (a generator, e.g.
+    of `streamed_sequences`); passes follow one another, each shuffled in a
+    buffer of `shuffle_buffer` sequences, seeded, so batch `n` is the same
+    in every run and a resumed run skips to it (`start=n`; the skipped
+    batches are read again, not held). Batches are of sequences of similar
+    length, each padded to its longest, or, with `fixed_length`, all
+    `(batch_size, max_length)`.
+
+    Returns:
+        An endless `tf.data.Dataset` of int32 `(B, T)` batches.
+    """
+    batch_size = check_int("batch_size", batch_size, minimum=1)
+    seed = check_int("seed", seed, minimum=0)
+    start = check_int("start", start, minimum=0)
+    rows = tf.data.Dataset.from_generator(
+        make_sequences, output_signature=tf.TensorSpec([None], tf.int32)
+    )
+    rows = rows.shuffle(
+        shuffle_buffer, seed=seed, reshuffle_each_iteration=True
+    )
+    if fixed_length:
+        stream = rows.repeat().padded_batch(
+            batch_size, padded_shapes=[max_length], padding_values=pad_id
+        )
+    else:
+        boundaries = _boundaries([max_length], None)
+        stream = rows.repeat().bucket_by_sequence_length(
+            lambda s: tf.shape(s)[0],
+            bucket_boundaries=boundaries,
+            bucket_batch_sizes=[batch_size] * (len(boundaries) + 1),
+            padding_values=pad_id,
+        )
+    return stream.skip(start).prefetch(tf.data.AUTOTUNE)
+
+
 def batches_per_pass(sequences, batch_size, boundaries=None):
     """How many batches one pass over `sequences` makes: every bucket ends
     with one partial batch."""

@@ -152,3 +152,32 @@ def replica_slice(batch, replica, replicas, pad_id=0):
     return tf.pad(
         batch[first:last], [[0, missing], [0, 0]], constant_values=pad_id
     )
+
+
+def worker_batches(make_dataset, strategy=None):
+    """Each worker's own batches, from its own share of the data.
+
+    For data too large for every worker to read whole (a streamed corpus,
+    sharded by file): `make_dataset(worker, workers)` returns the dataset
+    of that worker's share, in batches for one replica; a worker's local
+    replicas take consecutive batches. Every replica's batches must have
+    one shape (Keras averages the first batch over the replicas to build
+    the model): pad them to fixed sizes.
+
+    Returns:
+        `make_dataset(0, 1)` for one replica; else a distributed dataset.
+    """
+    strategy = strategy or tf.distribute.get_strategy()
+    if strategy.num_replicas_in_sync == 1:
+        return make_dataset(0, 1)
+
+    def for_worker(context):
+        dataset = make_dataset(
+            context.input_pipeline_id, context.num_input_pipelines
+        )
+        options = tf.data.Options()
+        off = tf.data.experimental.AutoShardPolicy.OFF  # sharded by the caller
+        options.experimental_distribute.auto_shard_policy = off
+        return dataset.with_options(options)
+
+    return strategy.distribute_datasets_from_function(for_worker)
