@@ -217,3 +217,78 @@ def test_two_workers_one_killed_mid_epoch_resume_as_if_never_killed(tmp_path):
         assert run.returncode == 0, run.stderr[-3000:]
         assert f"Resuming at step {restored} of {STEPS}" in run.stdout
     _assert_same_weights(output, _weights(straight))
+
+
+def _texts(folder):
+    """Three files of the test corpus, for a streamed run."""
+    folder.mkdir()
+    for index in range(3):
+        _write_corpus(folder, documents=150, seed=index).rename(
+            folder / f"part-{index}.txt"
+        )
+    return folder
+
+
+def _streamed(corpus, output):
+    return [COMMAND, "pretrain", f"--corpus={corpus}", f"--output={output}"] + [
+        "--stream",
+        "--steps-per-epoch=12",
+        "--epochs=2",
+        "--save-every=3",
+        "--vocabulary-sample-mb=0.01",
+        *_cli_settings(TINY),
+    ]
+
+
+def test_a_streamed_run_killed_mid_epoch_ends_as_if_never_killed(tmp_path):
+    """The stream is read again up to the restored step, not held."""
+    corpus = _texts(tmp_path / "texts")
+    straight, output = tmp_path / "straight", tmp_path / "model"
+    run = _run(_streamed(corpus, straight), 600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "streamed (never read whole)" in run.stdout
+    kill_when(
+        _streamed(corpus, output),
+        lambda: any(step % 12 for step in _checkpoint_steps(output)),
+    )
+    restored = max(_checkpoint_steps(output))
+    run = _run(_streamed(corpus, output), 600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert f"Resuming at step {restored} of 24" in run.stdout
+    _assert_same_weights(output, _weights(straight))
+
+
+def test_two_workers_stream_their_own_files(tmp_path):
+    corpus = _texts(tmp_path / "texts")
+    output = tmp_path / "model"
+    ports = free_ports(2)
+    runs = run_together(
+        [
+            _streamed(corpus, output)
+            + [f"--workers=localhost:{ports[0]},localhost:{ports[1]}"]
+            + [f"--worker-index={index}"]
+            for index in range(2)
+        ]
+    )
+    for run in runs:
+        assert run.returncode == 0, run.stderr[-3000:]
+        assert "each worker reading its own files" in run.stdout
+    assert "the chief writes the model" in runs[1].stdout
+    assert (output / "model.keras").exists() and (output / "1").exists()
+    # Fewer files than workers: said before any training.
+    ports = free_ports(2)
+    one = tmp_path / "one"
+    one.mkdir()
+    (corpus / "part-0.txt").rename(one / "part-0.txt")
+    runs = run_together(
+        [
+            _streamed(one, tmp_path / "few")
+            + [f"--workers=localhost:{ports[0]},localhost:{ports[1]}"]
+            + [f"--worker-index={index}"]
+            for index in range(2)
+        ],
+        timeout=300,
+    )
+    for run in runs:
+        assert run.returncode == 2, run.stderr[-3000:]
+        assert "2 workers need at least 2 files" in run.stderr

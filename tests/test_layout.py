@@ -26,7 +26,7 @@ RUN_TIME_TENSORFLOW = {
     ("layers/_distribution.py", "first_row"),
     ("layers/_distribution.py", "replica_count"),
     ("layers/_distribution.py", "logs_for_keras"),
-    ("layers/_distribution.py", "synced_mean"),
+    ("layers/_distribution.py", "synced_means"),
 }
 
 

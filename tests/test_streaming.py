@@ -32,6 +32,13 @@ def test_streamed_documents_are_the_documents_read_whole(tmp_path):
     streamed = list(corpus.stream_documents(files, log=lines.append))
     assert streamed == corpus.read_corpus(folder, log=lambda line: None)
     assert len(lines) == 1 and "random.txt (not UTF-8" in lines[0]
+    lines = []
+    run = {"corpus": str(folder), "stream": True, "vocabulary_sample_mb": 1}
+    settings = {**DEFAULTS, **TINY}
+    training_data.load(run, settings, tmp_path, lines.append)
+    assert [line for line in lines if "random.txt" in line] == [
+        f"Skipped {folder / 'random.txt'} (not UTF-8 at byte 0)"
+    ]
 
 
 def test_the_streamed_split_and_stream_are_the_same_in_every_run(tmp_path):

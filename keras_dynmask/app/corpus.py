@@ -147,16 +147,9 @@ def stream_documents(files, log=print):
     that stops being UTF-8 part-way is read up to there.
     """
     for file in files:
-        with open(file, "rb") as handle:
-            head = handle.read(65536)
-        try:
-            head.decode("utf-8")
-        except UnicodeDecodeError as error:
-            if error.end < len(head) - 3:  # not a character cut in two
-                log(f"Skipped {file} (not UTF-8 at byte {error.start})")
-                continue
-        if b"\x00" in head:
-            log(f"Skipped {file} (binary: it holds NUL bytes)")
+        reason = unreadable(file)
+        if reason:
+            log(f"Skipped {file} ({reason})")
             continue
         lines = []
         try:
@@ -171,6 +164,21 @@ def stream_documents(files, log=print):
             log(f"Read {file} up to byte {error.start}: not UTF-8 after it")
         if lines:
             yield "".join(lines).strip()
+
+
+def unreadable(file):
+    """Why `file` is not UTF-8 text, judged from its first 64 kB, or `None`
+    when it reads as text."""
+    with open(file, "rb") as handle:
+        head = handle.read(65536)
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as error:
+        if error.end < len(head) - 3:  # not a character cut in two
+            return f"not UTF-8 at byte {error.start}"
+    if b"\x00" in head:
+        return "binary: it holds NUL bytes"
+    return None
 
 
 def held_out_share(document):

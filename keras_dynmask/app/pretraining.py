@@ -206,11 +206,12 @@ def _pretrain(output, run, save_every, callbacks, log, strategy):
     start = time.time()
     corpus_data = training_data.load(run, settings, cache_dir(), log)
     tokenizer = corpus_data.tokenizer
+    corpus_data.check(strategy)
     if strategy.num_replicas_in_sync > 1:
         log(
-            f"Replicas: {strategy.num_replicas_in_sync} in sync, each "
-            f"training on its slice of every batch of "
-            f"{settings['batch_size']} rows"
+            f"Replicas: {strategy.num_replicas_in_sync} in sync, global "
+            f"batches of {settings['batch_size']} rows, "
+            f"{corpus_data.sharing}"
         )
     held_out = corpus_data.held_out_sequences
     with strategy.scope():

@@ -32,6 +32,9 @@ def load(run, settings, cache_dir, log):
 class InMemory:
     """A corpus read whole and tokenized once."""
 
+    # How the replicas of several workers share the batches.
+    sharing = "each replica training on its slice of every global batch"
+
     def __init__(self, corpus_path, settings, cache_dir, log):
         self.settings = settings
         if corpus_path is None:
@@ -62,6 +65,9 @@ class InMemory:
             "tokens, batches padded to their own longest"
         )
 
+    def check(self, strategy):
+        """Nothing to check: every worker reads the whole corpus."""
+
     def batches(self, start, strategy, pad_id):
         """The training stream from batch `start`, for `strategy`'s
         replicas (each its slice of every global batch)."""
@@ -80,16 +86,31 @@ class InMemory:
 class Streamed:
     """A corpus read a paragraph at a time, never whole."""
 
+    sharing = (
+        "each worker reading its own files (every N-th), its replicas "
+        "taking batches of batch_size / replicas rows in turn"
+    )
+
     def __init__(self, corpus_path, settings, sample_bytes, cache_dir, log):
         self.settings = settings
         self.sample_bytes = sample_bytes
-        self.files = corpus.corpus_files(corpus_path)
+        self.files = []
+        for file in corpus.corpus_files(corpus_path):
+            reason = corpus.unreadable(file)
+            if reason:  # said once, here, not on every pass
+                log(f"Skipped {file} ({reason})")
+            else:
+                self.files.append(file)
+        if not self.files:
+            raise ValueError(
+                f"The corpus holds no UTF-8 text: corpus={str(corpus_path)!r}"
+            )
         self.log = log
         size = sum(file.stat().st_size for file in self.files)
         files = f"{len(self.files)} file{'s' * (len(self.files) > 1)}"
         log(
-            f"Corpus: {corpus_path}: {size / 2**20:,.1f} MB in {files}, "
-            "streamed (never read whole)"
+            f"Corpus: {corpus_path}: {_size(size)} in {files}, streamed "
+            "(never read whole)"
         )
         sample, held_out = self._sample_and_held_out()
         self.tokenizer = _vocabulary(sample, settings, cache_dir, log)
@@ -136,12 +157,24 @@ class Streamed:
         """The training sequences of one pass over `files`."""
         documents = (
             document
-            for document in corpus.stream_documents(files, lambda line: None)
+            for document in corpus.stream_documents(files, self.log)
             if corpus.held_out_share(document) > HELD_OUT
         )
         return data.streamed_sequences(
             self.tokenizer, documents, self.settings["max_length"]
         )
+
+    def check(self, strategy):
+        """Refuses more workers than files (before any worker waits on
+        another)."""
+        replicas = strategy.num_replicas_in_sync
+        workers = replicas // len(strategy.extended.worker_devices)
+        if workers > len(self.files):
+            raise ValueError(
+                f"A streamed corpus is sharded by file: {workers} workers "
+                f"need at least {workers} files, the corpus has "
+                f"{len(self.files)}"
+            )
 
     def batches(self, start, strategy, pad_id):
         """The training stream from global batch `start`: one stream of
@@ -161,12 +194,6 @@ class Streamed:
 
         def for_worker(worker, workers):
             files = self.files[worker::workers]
-            if not files:
-                raise ValueError(
-                    f"A streamed corpus is sharded by file: {workers} "
-                    f"workers need at least {workers} files, the corpus "
-                    f"has {len(self.files)}"
-                )
             local = replicas // workers
             return data.streamed_training_stream(
                 lambda: self._sequences(files),
@@ -179,6 +206,13 @@ class Streamed:
             )
 
         return distribute.worker_batches(for_worker, strategy)
+
+
+def _size(size):
+    """`size` bytes in words: kB below a MB, else MB."""
+    if size < 2**20:
+        return f"{size / 2**10:,.0f} kB"
+    return f"{size / 2**20:,.0f} MB"
 
 
 def _vocabulary(documents, settings, cache_dir, log):

@@ -7,7 +7,8 @@ replica 1 the next, ...), so it numbers its rows from the number of rows
 the replicas before it hold. Replicas then draw different masks, and a
 run on N replicas draws the masks of one device given the same global
 batch. Losses averaged over selected tokens divide by the global count, so
-that the replicas' gradients sum to the one-device gradient.
+that the replicas' gradients sum to the one-device gradient, and the logs
+are the global batch's.
 
 TensorFlow is the only backend with replica contexts; JAX's
 `keras.distribution` runs one global program (rows are already global),
@@ -95,23 +96,36 @@ def logs_for_keras(logs):
     return {name: ops.reshape(value, (1,)) for name, value in logs.items()}
 
 
-def synced_mean(metric):
-    """A mean metric's result over all replicas' updates, in a `tf.distribute`
-    replica step (where `splits_the_batch()`).
+def synced_means(*metrics):
+    """Mean metrics' results over all replicas' updates, in a
+    `tf.distribute` replica step (where `splits_the_batch()`).
 
     Keras keeps a metric's totals per replica and logs the mean of the
     replicas' own results, which is not the global mean when the replicas'
     weights differ (slices of different sizes, a different number of
-    selected tokens); this sums the totals and the weights first.
+    selected tokens); this sums the totals and the weights first, in one
+    all-reduce.
 
     Args:
-        metric: a `keras.metrics.Mean`, or any metric with `total` and
+        *metrics: `keras.metrics.Mean`s, or any metrics with `total` and
             `count` variables (`MeanMetricWrapper`, accuracy).
+
+    Returns:
+        list of scalar tensors, one per metric.
     """
     import tensorflow as tf
 
     # This replica's own totals, read as tensors: a variable handed to the
     # all-reduce would be reduced as a variable.
-    total = sum_over_replicas(tf.identity(metric.total.value))
-    count = sum_over_replicas(tf.identity(metric.count.value))
-    return tf.math.divide_no_nan(total, count)
+    mine = tf.stack(
+        [
+            tf.cast(tf.identity(variable.value), "float32")
+            for metric in metrics
+            for variable in (metric.total, metric.count)
+        ]
+    )
+    every = sum_over_replicas(mine)
+    return [
+        tf.math.divide_no_nan(every[2 * i], every[2 * i + 1])
+        for i in range(len(metrics))
+    ]

@@ -8,7 +8,7 @@ from keras_dynmask.layers._distribution import logs_for_keras
 from keras_dynmask.layers._distribution import replica_count
 from keras_dynmask.layers._distribution import splits_the_batch
 from keras_dynmask.layers._distribution import sum_over_replicas
-from keras_dynmask.layers._distribution import synced_mean
+from keras_dynmask.layers._distribution import synced_means
 from keras_dynmask.layers._keras_mask import without_mask
 
 _register = keras.saving.register_keras_serializable(package="keras_dynmask")
@@ -194,8 +194,9 @@ class MaskedLM(keras.Model):
         del logs["global_loss"]
         if splits_the_batch():
             # The global batch's figures, as one device would log them.
-            logs["loss"] = synced_mean(self.global_loss)
-            logs["accuracy"] = synced_mean(self.accuracy)
+            logs["loss"], logs["accuracy"] = synced_means(
+                self.global_loss, self.accuracy
+            )
         return logs_for_keras(logs)
 
     def get_config(self):
