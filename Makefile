@@ -107,7 +107,7 @@ test-backends: $(VENV)-jax/.installed $(VENV)-torch/.installed \
 		$(VENV)-core/bin/python $(PYTEST) $(LIBRARY_TESTS)
 
 # The tests of over a minute each (processes killed and resumed, several
-# workers), and property tests with 3,000 examples each instead of 500.
+# workers), and property tests with 5,000 examples each instead of 500.
 # CI runs `test`.
 test-long: $(STAMP)
 	HYPOTHESIS_PROFILE=long $(PY) $(PYTEST) -m "not example_run"

@@ -168,6 +168,8 @@ class Streamed:
         """Refuses more workers than files (before any worker waits on
         another)."""
         replicas = strategy.num_replicas_in_sync
+        if replicas == 1:
+            return
         workers = replicas // len(strategy.extended.worker_devices)
         if workers > len(self.files):
             raise ValueError(
