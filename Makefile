@@ -108,7 +108,7 @@ test-backends: $(VENV)-jax/.installed $(VENV)-torch/.installed \
 
 # The tests of over a minute each (processes killed and resumed, several
 # workers), and property tests with 5,000 examples each instead of 500.
-# CI runs `test`.
+# CI runs `test`. The tests marked long took 10 minutes here, two at a time.
 test-long: $(STAMP)
 	HYPOTHESIS_PROFILE=long $(PY) $(PYTEST) -m "not example_run"
 
