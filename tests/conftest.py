@@ -14,6 +14,7 @@ collect_ignore = [
     "multi_worker_fit.py",
     "data_parallel_fit.py",
     "faulty_pretrain.py",
+    "peak_memory.py",
 ]
 
 settings.register_profile("default", deadline=None, max_examples=500)
