@@ -99,3 +99,26 @@ def test_a_schedule_changes_the_rate_in_the_pipeline():
         np.testing.assert_array_equal(
             selected, np.ceil(np.round(candidates * rate, 6))
         )
+
+
+def test_word_starts_pair_each_batch_for_whole_word_masking():
+    from keras_dynmask.core.masked_lm import word_starts_from_vocabulary
+    from keras_dynmask.tf.data import with_word_starts
+
+    vocabulary = ["[PAD]", "play", "##ing", "ball", "##s", "##y"]
+    ids = np.random.default_rng(0).integers(0, 6, (4, 9)).astype("int32")
+    dataset = with_word_starts(
+        tf.data.Dataset.from_tensor_slices(ids).batch(2), vocabulary
+    )
+    batches = list(dataset)
+    assert len(batches) == 2
+    for index, batch in enumerate(batches):
+        rows = ids[2 * index : 2 * index + 2]
+        np.testing.assert_array_equal(batch["token_ids"], rows)
+        np.testing.assert_array_equal(
+            batch["word_starts"],
+            ~np.isin(rows, [2, 4, 5]),
+        )
+        np.testing.assert_array_equal(
+            batch["word_starts"], word_starts_from_vocabulary(rows, vocabulary)
+        )

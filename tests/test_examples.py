@@ -1,7 +1,9 @@
 """The examples' own logic: number words, batched decoding, language-model
-batches and generation checks, speech features and batches."""
+batches and generation checks, speech features and batches, the masking
+strategies' downstream tasks and their resumable record."""
 
 import importlib.util
+import json
 import pathlib
 import shutil
 import sys
@@ -159,3 +161,77 @@ def test_speech_clips_are_real_speech_of_different_lengths():
     assert len({len(a) for a in audio}) > 10
     assert all(0.2 < len(a) / speech.SAMPLE_RATE < 2.0 for a in audio)
     assert all(np.abs(a).max() > 0.05 for a in audio)
+
+
+def test_strategy_tasks_pair_sentences_and_swap_words():
+    strategies = _load("masking_strategies")
+    rng = np.random.default_rng(0)
+    text = "First one here now. Second one is this. The third, `x` (y)."
+    assert strategies.sentences_of(text) == [
+        "First one here now.",
+        "Second one is this.",
+        "The third, `x` (y).",
+    ]
+    documents = [[f"d{d} s{s} a b" for s in range(5)] for d in range(30)]
+    rows = strategies.sentence_pairs(documents + [["alone"]], rng)
+    assert len(rows) == 30 * 4
+    assert 0.35 < np.mean([label for label, _, _ in rows]) < 0.65
+    for label, first, second in rows:
+        document, sentence = first.split()[:2]
+        if label:
+            assert second.split()[:2] == [document, f"s{int(sentence[1]) + 1}"]
+        else:
+            assert second.split()[0] != document
+    sentences = [" ".join(f"w{i}{j}" for j in range(8)) for i in range(200)]
+    rows = strategies.swapped_words(sentences, rng)
+    assert len(rows) == 200  # no sentence repeats a word
+    assert 0.35 < np.mean([label for label, _ in rows]) < 0.65
+    for (label, sentence), original in zip(rows, sentences, strict=True):
+        words, before = sentence.split(), original.split()
+        assert sorted(words) == sorted(before)
+        moved = sum(a != b for a, b in zip(words, before, strict=True))
+        assert moved == (0 if label else 2)
+
+
+@pytest.mark.example_run
+def test_masking_strategies_quick_run_writes_its_results_and_resumes(
+    tmp_path,
+):
+    command = [
+        sys.executable,
+        str(ROOT / "examples" / "masking_strategies.py"),
+        "--quick",
+        "--output",
+        str(tmp_path),
+    ]
+    run = _run(command, timeout=900)
+    assert run.returncode == 0, run.stderr[-2000:]
+    table = (tmp_path / "masking_strategies.md").read_text()
+    for row in ("static", "dynamic", "decaying", "40%", "whole-word"):
+        assert f"| {row} | " in table
+    assert "| span | " in table and "| random init | n/a | " in table
+    assert "| package accuracy | " in table  # the paired comparison
+    assert "minus random initialization" in table
+    assert (tmp_path / "masking_strategies.png").stat().st_size > 10_000
+    record = tmp_path / "masking_strategies.json"
+    runs = json.loads(record.read_text())["runs"]
+    assert len(runs) == 7
+    for result in runs.values():
+        assert set(result["accuracy"]) == {
+            "package",
+            "next sentence",
+            "word order",
+        }
+        assert all(0 <= a <= 1 for a in result["accuracy"].values())
+    # As if killed before its last two runs: the rerun redoes only those,
+    # and gets what the uninterrupted run got, bit for bit.
+    saved = json.loads(record.read_text())
+    del saved["runs"]["span 0"], saved["runs"]["random init 0"]
+    record.write_text(json.dumps(saved))
+    rerun = _run(command, timeout=900)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert "Resuming: 5 runs" in rerun.stdout
+    assert "static      seed 0" not in rerun.stdout
+    assert json.loads(record.read_text())["runs"] == runs
+    assert (tmp_path / "masking_strategies.md").read_text() == table
+    assert not list(tmp_path.glob(".*.writing"))

@@ -259,3 +259,101 @@ def test_masked_lm_loss_takes_sample_weights_and_regularization():
     assert penalty > 0
     regularized = float(model.compute_loss(y_pred=outputs))
     np.testing.assert_allclose(regularized, plain + penalty, rtol=1e-5)
+
+
+def test_masked_lm_masks_whole_words_given_word_starts():
+    model = _masked_lm(compile=False)
+    ids = _topic_rows(64, 7)
+    starts = np.random.default_rng(7).random(ids.shape) < 0.3
+    out = model({"token_ids": ids, "word_starts": starts}, training=True)
+    selected = to_numpy(out["mask_positions"])
+    weights = to_numpy(out["mask_weights"]) > 0
+    words = np.cumsum(starts | (np.arange(ids.shape[1]) == 0), axis=1)
+    longest = 0
+    for row in range(ids.shape[0]):
+        chosen = np.zeros(ids.shape[1], bool)
+        chosen[selected[row][weights[row]]] = True
+        for word in np.unique(words[row][chosen]):
+            members = (words[row] == word) & (ids[row] != 0)
+            assert chosen[members].all()
+            longest = max(longest, members.sum())
+    assert longest > 1  # words of several tokens were selected whole
+    # Training on such dicts works as on plain ids.
+    model.compile(optimizer="adam")
+    history = model.fit(
+        {"token_ids": ids, "word_starts": starts}, epochs=1, verbose=0
+    )
+    assert np.isfinite(history.history["loss"][0])
+
+
+def _strategy_model(evaluation_masking):
+    keras.utils.set_random_seed(0)
+    masking = kd.TokenMasking(
+        VOCABULARY,
+        mask_token_id=1,
+        unselectable_ids=[1],
+        max_selections=8,
+        selection_rate=0.5,
+        span_masking=True,
+        seed=3,
+    )
+    return models.MaskedLM(
+        models.build_encoder(VOCABULARY, **SIZES),
+        masking,
+        evaluation_seed=5,
+        evaluation_masking=evaluation_masking,
+    )
+
+
+def test_masked_lm_scores_on_the_evaluation_masking_settings(tmp_path):
+    def reference():
+        return kd.TokenMasking(
+            VOCABULARY,
+            mask_token_id=1,
+            unselectable_ids=[1],
+            max_selections=8,
+            selection_rate=0.2,
+            seed=3,
+        )
+
+    model = _strategy_model(reference())
+    model.compile(optimizer="adam")
+    config = model.evaluation_masking.get_config()
+    assert config["selection_rate"] == 0.2 and not config["span_masking"]
+    assert config["static"] and config["seed"] == 5
+    # The same weights scored with the reference as the training masking:
+    # the same evaluation masks, so the same loss.
+    keras.utils.set_random_seed(0)
+    plain = models.MaskedLM(
+        models.build_encoder(VOCABULARY, **SIZES),
+        reference(),
+        evaluation_seed=5,
+    )
+    plain.compile(optimizer="adam")
+    held_out = _topic_rows(32, 8)
+    ours = model.evaluate(held_out, verbose=0, return_dict=True)
+    theirs = plain.evaluate(held_out, verbose=0, return_dict=True)
+    np.testing.assert_allclose(ours["loss"], theirs["loss"], rtol=1e-6)
+    # Without it, the span masking's own settings make the masks.
+    own = _strategy_model(None)
+    own.compile(optimizer="adam")
+    assert own.evaluation_masking.get_config()["span_masking"]
+    other = own.evaluate(held_out, verbose=0, return_dict=True)
+    assert not np.isclose(other["loss"], ours["loss"])
+    # It survives a .keras round trip.
+    model.save(tmp_path / "mlm.keras")
+    loaded = keras.saving.load_model(tmp_path / "mlm.keras", compile=False)
+    assert loaded.evaluation_masking.get_config() == config
+    loaded.compile(optimizer="adam")
+    again = loaded.evaluate(held_out, verbose=0, return_dict=True)
+    np.testing.assert_allclose(again["loss"], ours["loss"], rtol=1e-6)
+
+
+def test_masked_lm_bad_arguments_get_clear_errors():
+    with pytest.raises(ValueError, match="evaluation_masking=0.15"):
+        _strategy_model(0.15)
+    with pytest.raises(ValueError, match="vocabulary_size=7"):
+        _strategy_model(kd.TokenMasking(7, mask_token_id=1))
+    model = _strategy_model(None)
+    with pytest.raises(ValueError, match=r"keys \['ids'\]"):
+        model({"ids": _topic_rows(2, 0)})

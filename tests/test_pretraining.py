@@ -52,6 +52,16 @@ def test_default_corpus_is_large_and_stable():
     assert set(held_out).isdisjoint(training)
 
 
+def test_stdlib_docstrings_are_the_corpus_with_their_modules():
+    pairs = corpus.stdlib_docstrings()
+    documents = corpus.default_corpus()
+    assert [text for _, text in pairs] == documents[: len(pairs)]
+    assert len(documents) > len(pairs) > 5000  # then the help topics
+    modules = {module for module, _ in pairs}
+    assert {"email.mime.text", "json", "asyncio.tasks"} <= modules
+    assert not any(m.endswith("__init__") or "/" in m for m in modules)
+
+
 def test_bad_corpora_get_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
         corpus.read_corpus(tmp_path / "missing")

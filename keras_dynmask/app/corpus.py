@@ -24,7 +24,23 @@ def default_corpus():
     """
     from pydoc_data import topics
 
-    documents = []
+    documents = [text for _, text in stdlib_docstrings()]
+    documents.extend(topics.topics[name] for name in sorted(topics.topics))
+    return documents
+
+
+def stdlib_docstrings():
+    """The standard library's docstrings with the module each is from.
+
+    The embedded corpus less the help topics, in the same order; a
+    labelled corpus for downstream tasks (which package a paragraph is
+    from).
+
+    Returns:
+        list of `(module, docstring)` pairs, `module` dotted
+        (`"email.mime.text"`; a package's `__init__` is the package).
+    """
+    pairs = []
     root = pathlib.Path(sysconfig.get_paths()["stdlib"])
     for path in sorted(root.rglob("*.py")):
         parts = path.relative_to(root).parts
@@ -34,9 +50,12 @@ def default_corpus():
             tree = ast.parse(path.read_text(encoding="utf-8"))
         except (SyntaxError, UnicodeDecodeError, OSError):
             continue
-        documents.extend(_docstrings(tree))
-    documents.extend(topics.topics[name] for name in sorted(topics.topics))
-    return documents
+        names = [*parts[:-1], path.stem]
+        if names[-1] == "__init__":
+            names.pop()
+        module = ".".join(names)
+        pairs.extend((module, text) for text in _docstrings(tree))
+    return pairs
 
 
 def _docstrings(tree):

@@ -34,9 +34,14 @@ class MaskedLM(keras.Model):
     masking pattern with `masking` (RoBERTa's dynamic masking), predicts the
     hidden tokens and scores them (loss and accuracy over the selected
     positions only). `evaluate` uses fixed masks (a static copy of
-    `masking`, seeded by `evaluation_seed`), so epochs compare on the same
-    masks. `predict` and exports draw nothing: they predict the positions
-    that already hold the mask token (fill-mask).
+    `masking`, or of `evaluation_masking`, seeded by `evaluation_seed`), so
+    epochs compare on the same masks. `predict` and exports draw nothing:
+    they predict the positions that already hold the mask token
+    (fill-mask).
+
+    For whole-word or span masking over words, give `fit` dicts of
+    `token_ids` and `word_starts` (see
+    `keras_dynmask.tf.data.with_word_starts`) instead of `token_ids`.
 
     Args:
         encoder: a model from `build_encoder` (input `token_ids`).
@@ -44,7 +49,17 @@ class MaskedLM(keras.Model):
         tie_embeddings: bool. Score with the token embedding matrix.
             Defaults to `True`.
         evaluation_seed: int. Defaults to `0`.
+        evaluation_masking: a `TokenMasking` layer or `None`, whose
+            settings make the fixed evaluation masks instead of
+            `masking`'s: models trained with different strategies (rates,
+            spans) then score on the same masks. Defaults to `None`.
         **kwargs: base model arguments.
+
+    Call arguments:
+        inputs: int `token_ids` `(B, T)`, or a dict of `token_ids` and,
+            optionally, bool `word_starts` `(B, T)` (`True` where a word
+            begins; read by the training masks only).
+        training: bool.
 
     Call returns a dict: `logits` `(B, K, vocabulary_size)` at
     `mask_positions` `(B, K)`, with `mask_ids` and `mask_weights` `(B, K)`.
@@ -56,6 +71,7 @@ class MaskedLM(keras.Model):
         masking,
         tie_embeddings=True,
         evaluation_seed=0,
+        evaluation_masking=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -64,11 +80,34 @@ class MaskedLM(keras.Model):
                 "masking must be a keras_dynmask.TokenMasking layer, "
                 f"received masking={masking!r}"
             )
+        if evaluation_masking is not None and not isinstance(
+            evaluation_masking, TokenMasking
+        ):
+            raise ValueError(
+                "evaluation_masking must be a keras_dynmask.TokenMasking "
+                "layer or None, received evaluation_masking="
+                f"{evaluation_masking!r}"
+            )
+        if evaluation_masking is not None and (
+            evaluation_masking.vocabulary_size != masking.vocabulary_size
+        ):
+            raise ValueError(
+                "evaluation_masking must have the vocabulary of masking "
+                f"(vocabulary_size={masking.vocabulary_size}), received "
+                "evaluation_masking with vocabulary_size="
+                f"{evaluation_masking.vocabulary_size}"
+            )
         self.encoder = encoder
         self.masking = masking
         self.tie_embeddings = bool(tie_embeddings)
         self.evaluation_seed = int(evaluation_seed)
-        config = masking.get_config()
+        # Its settings only: the layer itself holds no state to track.
+        self._evaluation_masking_config = (
+            None
+            if evaluation_masking is None
+            else keras.saving.serialize_keras_object(evaluation_masking)
+        )
+        config = (evaluation_masking or masking).get_config()
         config.update(
             name=f"{masking.name}_evaluation",
             static=True,
@@ -103,14 +142,16 @@ class MaskedLM(keras.Model):
         if not self.tie_embeddings:
             self.decoder.build((None, None, hidden_dim))
 
-    def call(self, token_ids, training=None):
-        # As a functional model's int32 Input would, for TensorFlow's
-        # default float signature when the model is tracked for saving.
-        token_ids = ops.cast(token_ids, "int32")
+    def call(self, inputs, training=None):
+        token_ids, word_starts = _token_ids(inputs)
         if training:
-            masked = self.masking(token_ids, training=True)
+            masked = self.masking(
+                token_ids, word_starts=word_starts, training=True
+            )
         elif self._evaluating:
-            masked = self.evaluation_masking(token_ids, training=True)
+            masked = self.evaluation_masking(
+                token_ids, word_starts=word_starts, training=True
+            )
         else:
             masked = self.masking(token_ids, training=False)
         # The encoder rebuilds the padding mask from the ids themselves.
@@ -173,9 +214,12 @@ class MaskedLM(keras.Model):
             # with padding rows that even out the slices.
             rows = ops.shape(weights)[0]
             if x is not None:
+                token_ids, _ = _token_ids(x)
                 rows = ops.sum(
                     ops.cast(
-                        ops.any(self.masking.valid_positions(x), axis=1),
+                        ops.any(
+                            self.masking.valid_positions(token_ids), axis=1
+                        ),
                         "float32",
                     )
                 )
@@ -206,6 +250,7 @@ class MaskedLM(keras.Model):
             "masking": keras.saving.serialize_keras_object(self.masking),
             "tie_embeddings": self.tie_embeddings,
             "evaluation_seed": self.evaluation_seed,
+            "evaluation_masking": self._evaluation_masking_config,
         }
 
     @classmethod
@@ -214,10 +259,29 @@ class MaskedLM(keras.Model):
         config["encoder"] = keras.saving.deserialize_keras_object(
             config["encoder"]
         )
-        config["masking"] = keras.saving.deserialize_keras_object(
-            config["masking"]
-        )
+        for name in ("masking", "evaluation_masking"):
+            config[name] = keras.saving.deserialize_keras_object(
+                config.get(name)
+            )
         return cls(**config)
+
+
+def _token_ids(inputs):
+    """`(token_ids, word_starts)` of `inputs`: ids or a dict of them."""
+    word_starts = None
+    if isinstance(inputs, dict):
+        unknown = sorted(set(inputs) - {"token_ids", "word_starts"})
+        if "token_ids" not in inputs or unknown:
+            raise ValueError(
+                "inputs must be token ids or a dict of `token_ids` and "
+                f"`word_starts`, received a dict with keys {sorted(inputs)}"
+            )
+        inputs, word_starts = inputs["token_ids"], inputs.get("word_starts")
+        if word_starts is not None:
+            word_starts = ops.cast(word_starts, "bool")
+    # As a functional model's int32 Input would, for TensorFlow's
+    # default float signature when the model is tracked for saving.
+    return ops.cast(inputs, "int32"), word_starts
 
 
 def _weighted(mask_weights, sample_weight):

@@ -16,6 +16,7 @@ import tensorflow as tf
 
 from keras_dynmask.core import _random
 from keras_dynmask.core._checks import check_int
+from keras_dynmask.core.masked_lm import word_starts_from_vocabulary
 
 
 def sequences(tokenizer, documents, max_length):
@@ -267,4 +268,38 @@ def mask_tokens_dataset(dataset, masking, seed=None):
 
     return tf.data.Dataset.zip(dataset, draws).map(
         apply, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+    )
+
+
+def with_word_starts(dataset, vocabulary):
+    """Pairs each batch of token ids with the flags of where words start,
+    for whole-word or span masking in `MaskedLM.fit`.
+
+    A WordPiece token whose text starts with `##` continues the word
+    before it; every other token starts a word.
+
+    Args:
+        dataset: a `tf.data.Dataset` of int `(B, T)` batches.
+        vocabulary: list of str, the tokens in id order.
+
+    Returns:
+        A dataset of dicts: `token_ids` and bool `word_starts` `(B, T)`.
+
+    Example:
+
+    >>> import tensorflow as tf
+    >>> from keras_dynmask.tf.data import with_word_starts
+    >>> ids = tf.data.Dataset.from_tensors([[1, 2, 3, 0]])
+    >>> vocab = ["[PAD]", "play", "##ing", "ball"]
+    >>> next(iter(with_word_starts(ids, vocab)))["word_starts"].numpy()
+    array([[ True, False,  True,  True]])
+    """
+    vocabulary = list(vocabulary)
+
+    def pair(token_ids):
+        starts = word_starts_from_vocabulary(token_ids, vocabulary)
+        return {"token_ids": token_ids, "word_starts": starts}
+
+    return dataset.map(
+        pair, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
     )
