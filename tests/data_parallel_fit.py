@@ -15,9 +15,7 @@ os.environ.setdefault("KERAS_BACKEND", "jax")
 import jax  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-
-import keras_dynmask as kd  # noqa: E402
-from keras_dynmask import models  # noqa: E402
+from helpers import tiny_masked_lm  # noqa: E402
 
 
 def main():
@@ -32,24 +30,7 @@ def main():
     ids = np.zeros((64, 16), "int32")
     for row, length in enumerate(lengths):
         ids[row, :length] = rng.integers(5, 50, length)
-    encoder = models.build_encoder(
-        50,
-        num_layers=1,
-        num_heads=2,
-        hidden_dim=16,
-        intermediate_dim=32,
-        dropout=0.0,
-    )
-    masking = kd.TokenMasking(
-        50,
-        mask_token_id=4,
-        unselectable_ids=[4],
-        max_selections=4,
-        selection_rate=0.25,
-        seed=0,
-    )
-    model = models.MaskedLM(encoder, masking)
-    model.compile(optimizer=keras.optimizers.Adam(5e-3))
+    model = tiny_masked_lm(mask_token_id=4, unselectable_ids=[4])
     masks = np.asarray(model.masking(ids[:8], training=True)["mask"])
     history = model.fit(
         ids,
@@ -66,7 +47,7 @@ def main():
                 "masks": masks.astype(int).tolist(),
                 "loss": history.history["loss"],
                 "val_loss": history.history["val_loss"],
-                "step": int(np.asarray(masking.step)),
+                "step": int(np.asarray(model.masking.step)),
                 "weights": {
                     w.path: np.asarray(w, "float64").tolist()
                     for w in model.trainable_weights

@@ -16,31 +16,11 @@ tf.config.set_logical_device_configuration(
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-
-import keras_dynmask as kd  # noqa: E402
-from keras_dynmask import models  # noqa: E402
+from helpers import tiny_masked_lm  # noqa: E402
 
 
 def _model(seed):
-    encoder = models.build_encoder(
-        50,
-        num_layers=1,
-        num_heads=2,
-        hidden_dim=16,
-        intermediate_dim=32,
-        dropout=0.0,
-    )
-    masking = kd.TokenMasking(
-        50,
-        mask_token_id=1,
-        unselectable_ids=[1],
-        max_selections=4,
-        selection_rate=0.25,
-        seed=seed,
-    )
-    model = models.MaskedLM(encoder, masking)
-    model.compile(optimizer=keras.optimizers.Adam(5e-3))
-    return model
+    return tiny_masked_lm(mask_token_id=1, unselectable_ids=[1], seed=seed)
 
 
 def _fit(model, ids):

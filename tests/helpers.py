@@ -19,6 +19,34 @@ SIZES = {
 }
 
 
+def tiny_masked_lm(mask_token_id, unselectable_ids, seed=0):
+    """The masked-LM the distributed tests train, compiled: one block 16
+    wide over the test vocabulary, no dropout, a quarter of the tokens
+    selected (at most 4 a row)."""
+    import keras_dynmask as kd
+    from keras_dynmask import models
+
+    encoder = models.build_encoder(
+        VOCABULARY,
+        num_layers=1,
+        num_heads=2,
+        hidden_dim=16,
+        intermediate_dim=32,
+        dropout=0.0,
+    )
+    masking = kd.TokenMasking(
+        VOCABULARY,
+        mask_token_id=mask_token_id,
+        unselectable_ids=unselectable_ids,
+        max_selections=4,
+        selection_rate=0.25,
+        seed=seed,
+    )
+    model = models.MaskedLM(encoder, masking)
+    model.compile(optimizer=keras.optimizers.Adam(5e-3))
+    return model
+
+
 def to_numpy(x):
     """`x` as a numpy array, detached from any gradient: under Keras'
     PyTorch backend a layer's output requires grad, and `np.asarray` of it

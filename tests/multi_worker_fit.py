@@ -28,9 +28,8 @@ STRATEGY = distribute.strategy_from_environment()
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from helpers import tiny_masked_lm  # noqa: E402
 
-import keras_dynmask as kd  # noqa: E402
-from keras_dynmask import models  # noqa: E402
 from keras_dynmask.tf import data  # noqa: E402
 
 
@@ -43,25 +42,9 @@ def main():
         for _ in range(150)
     ]
     with STRATEGY.scope():
-        encoder = models.build_encoder(
-            50,
-            num_layers=1,
-            num_heads=2,
-            hidden_dim=16,
-            intermediate_dim=32,
-            dropout=0.0,
-        )
-        masking = kd.TokenMasking(
-            50,
-            mask_token_id=4,
-            unselectable_ids=[2, 3, 4],
-            max_selections=4,
-            selection_rate=0.25,
-            seed=0,
-        )
-        model = models.MaskedLM(encoder, masking)
+        model = tiny_masked_lm(mask_token_id=4, unselectable_ids=[2, 3, 4])
+        masking = model.masking
         model(np.array([[2, 5, 3]], "int32"))
-        model.compile(optimizer=keras.optimizers.Adam(5e-3))
 
         def stream():
             return data.training_stream(sequences, 8, seed=0)

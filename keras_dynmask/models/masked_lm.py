@@ -209,9 +209,9 @@ class MaskedLM(keras.Model):
         if splits_the_batch():
             # Keras logs each replica's loss weighted by its rows, which
             # is not the global batch's loss when the slices differ in
-            # size; this logs the global loss itself.
-            # Weighted by rows that hold a token: a replica's slice may end
-            # with padding rows that even out the slices.
+            # size. This logs the global loss itself, weighted by the rows
+            # that hold a token (a slice may end with padding rows that
+            # even out the slices).
             rows = ops.shape(weights)[0]
             if x is not None:
                 token_ids, _ = _token_ids(x)
