@@ -125,7 +125,7 @@ examples: $(STAMP)
 
 # The masking experiments, with their defaults; tables and plots land in
 # examples/results/. Static against dynamic masking takes about 13
-# minutes on 2 cores, the strategies fine-tuned downstream about 25.
+# minutes on 2 cores, the strategies fine-tuned downstream about 27.
 experiments: $(STAMP)
 	$(PY) examples/static_vs_dynamic_masking.py
 	$(PY) examples/masking_strategies.py

@@ -13,6 +13,8 @@ from keras_dynmask.core.scores import ScoreFunction
 from keras_dynmask.core.scores import SoftCap
 from keras_dynmask.core.scores import alibi_slopes
 from keras_dynmask.core.scores import apply_scores
+from keras_dynmask.core.scores import as_scores
+from keras_dynmask.core.scores import parse_scores
 from tests.helpers import to_numpy
 
 B, N, T, S = 2, 6, 3, 7
@@ -159,10 +161,45 @@ def test_modifiers_apply_in_order():
     [ALiBi(), ALiBi([0.5, 0.25]), SoftCap(30), RelativeBias(16, 64, False)],
     ids=str,
 )
-def test_configs_round_trip(modifier):
+def test_configs_and_text_round_trip(modifier):
     config = keras.saving.serialize_keras_object(modifier)
     again = keras.saving.deserialize_keras_object(config)
     assert again == modifier and str(again) == str(modifier)
+    assert parse_scores(str(modifier)) == [modifier]
+
+
+def test_text_reads_modifiers_in_order():
+    assert parse_scores("alibi, softcap(30)") == [ALiBi(), SoftCap(30.0)]
+    assert parse_scores(" ALiBi(0.5, 0.25) ,relative(16, 64, causal)") == [
+        ALiBi([0.5, 0.25]),
+        RelativeBias(16, 64, bidirectional=False),
+    ]
+    assert parse_scores("relative") == [RelativeBias()]
+    assert as_scores(None) == []
+    assert as_scores("alibi") == as_scores(ALiBi()) == as_scores([ALiBi()])
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("rope", "'rope' is not a modifier"),
+        ("alibi, ", "'' is not a modifier"),
+        ("softcap", "'softcap' has the wrong number of arguments"),
+        ("softcap(0)", r"'softcap\(0\)' does not read \(cap must be"),
+        ("relative(8, 20, sideways)", "does not read"),
+        ("alibi(x)", "does not read"),
+    ],
+)
+def test_bad_text_gets_clear_errors(text, match):
+    with pytest.raises(ValueError, match=match):
+        parse_scores(text)
+
+
+def test_bad_score_arguments_name_the_argument():
+    with pytest.raises(ValueError, match="text=3"):
+        parse_scores(3)
+    with pytest.raises(ValueError, match=r"score=\[1\]"):
+        as_scores([1])
 
 
 @pytest.mark.parametrize(

@@ -28,6 +28,7 @@ array([[ 0.    , -0.0625, -0.125 ],
 """
 
 import math
+import re
 
 import keras
 from keras import ops
@@ -347,3 +348,93 @@ def apply_scores(
             scores, query_positions, key_positions, variables or {}
         )
     return scores
+
+
+# word: (modifier class, how its arguments read)
+_WORDS = {
+    "alibi": (ALiBi, "floats"),
+    "softcap": (SoftCap, "float"),
+    "relative": (RelativeBias, "relative"),
+}
+_WORD = re.compile(r"\s*([A-Za-z_]\w*)\s*(?:\((.*)\))?\s*$", re.S)
+
+
+def parse_scores(text):
+    """Turns modifier text into a list of modifiers, applied in order.
+
+    Words, separated by commas: `alibi`, `alibi(S1, S2, ...)`,
+    `softcap(C)`, `relative`, `relative(BUCKETS, DISTANCE)` and
+    `relative(BUCKETS, DISTANCE, causal)`. `str()` of each modifier reads
+    back (a `ScoreFunction` has no text form).
+
+    Raises:
+        ValueError: naming the text and the part that did not read.
+
+    Example:
+
+    >>> from keras_dynmask.core.scores import parse_scores
+    >>> parse_scores("alibi, softcap(30)")
+    [<ALiBi alibi>, <SoftCap softcap(30.0)>]
+    """
+    if not isinstance(text, str):
+        raise ValueError(
+            f"score text must be a str, received text={text!r} of type "
+            f"{type(text).__name__}"
+        )
+    parts, depth, start = [], 0, 0
+    for index, character in enumerate(text + ","):
+        depth += {"(": 1, ")": -1}.get(character, 0)
+        if character == "," and depth == 0:
+            parts.append(text[start:index])
+            start = index + 1
+    return [_word(part, text) for part in parts]
+
+
+def _word(part, text):
+    match = _WORD.match(part)
+    word = match and match.group(1).lower()
+    if word not in _WORDS:
+        raise ValueError(
+            f"score text {text!r}: {part.strip()!r} is not a modifier "
+            f"(expected one of {', '.join(sorted(_WORDS))})"
+        )
+    kind, reads = _WORDS[word]
+    arguments = [a.strip() for a in (match.group(2) or "").split(",")]
+    arguments = [a for a in arguments if a]
+    try:
+        if reads == "floats":
+            return kind([float(a) for a in arguments] or None)
+        if reads == "float" and len(arguments) == 1:
+            return kind(float(arguments[0]))
+        if reads == "relative" and len(arguments) in (0, 2, 3):
+            numbers = [int(a) for a in arguments[:2]]
+            if len(arguments) == 3 and arguments[2].lower() != "causal":
+                raise ValueError(arguments[2])
+            return kind(*numbers, bidirectional=len(arguments) < 3)
+    except ValueError as error:
+        raise ValueError(
+            f"score text {text!r}: {part.strip()!r} does not read ({error})"
+        ) from None
+    raise ValueError(
+        f"score text {text!r}: {part.strip()!r} has the wrong number of "
+        "arguments"
+    )
+
+
+def as_scores(score, name="score"):
+    """A list of modifiers from `None`, a modifier, a list of them, or
+    their text."""
+    if score is None:
+        return []
+    if isinstance(score, str):
+        return parse_scores(score)
+    if isinstance(score, Score):
+        return [score]
+    if isinstance(score, (list, tuple)) and all(
+        isinstance(s, Score) for s in score
+    ):
+        return list(score)
+    raise ValueError(
+        f"{name} must be a score modifier, a list of them or their text "
+        f"such as 'alibi', received {name}={score!r}"
+    )
