@@ -66,7 +66,8 @@ clean:
 # own virtual environment (with TensorFlow too: data, tokenizer and export
 # stay TensorFlow's); TensorFlow-only tests are skipped there.
 LIBRARY_TESTS := tests/test_patterns.py tests/test_attention.py \
-	tests/test_scores.py tests/test_token_masks.py tests/test_token_masking.py \
+	tests/test_scores.py tests/test_score_attention.py \
+	tests/test_token_masks.py tests/test_token_masking.py \
 	tests/test_functional.py tests/test_models.py tests/test_generation.py \
 	tests/test_time_frequency_masking.py tests/test_layout.py \
 	tests/test_without_tensorflow.py tests/test_keras_peers.py \

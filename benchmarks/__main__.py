@@ -21,6 +21,7 @@ def main():
     from benchmarks import masking
     from benchmarks import quantization
     from benchmarks import scaling
+    from benchmarks import scores
     from benchmarks import targets
     from benchmarks import train_step
     from keras_dynmask.tf import quiet
@@ -44,6 +45,8 @@ def main():
     print("\n".join(scaling.run(quick=args.quick)))
     print()
     print("\n".join(attention.run(quick=args.quick)))
+    print()
+    print("\n".join(scores.run(quick=args.quick)))
     print()
     print("\n".join(generation.run(quick=args.quick)))
     print()

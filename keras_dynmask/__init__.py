@@ -6,7 +6,8 @@ batch's own lengths, padding and per-example inputs.
 
 The package is in tiers, each a folder that uses only those below it:
 
-- `core`: mask functions, patterns and their text, masked-LM rules;
+- `core`: mask functions, patterns and their text, score modifiers,
+  masked-LM rules;
 - `attention`: masked softmax, block-wise windows, the key/value cache;
 - `layers`: Keras layers over the core;
 - `models`: builders, the masked-LM task, generation, schedules;
@@ -32,6 +33,7 @@ __version__ = "0.1.0"
 _LAYERS = "keras_dynmask.layers"
 _MASKS = "keras_dynmask.core.masks"
 _PATTERNS = "keras_dynmask.core.patterns"
+_SCORES = "keras_dynmask.core.scores"
 _PUBLIC = {
     **dict.fromkeys(
         [
@@ -83,6 +85,17 @@ _PUBLIC = {
         ],
         _PATTERNS,
     ),
+    **dict.fromkeys(
+        [
+            "ALiBi",
+            "RelativeBias",
+            "Score",
+            "ScoreFunction",
+            "SoftCap",
+            "parse_scores",
+        ],
+        _SCORES,
+    ),
     "MaskedLMMaskGenerator": "keras_dynmask.tf.masked_lm_generator",
     "get_keras_mask": "keras_dynmask.layers._keras_mask",
     "parse_pattern": "keras_dynmask.core.parsing",
@@ -97,6 +110,7 @@ _MODULES = {
     "models": "keras_dynmask.models",
     "patterns": _PATTERNS,
     "schedules": "keras_dynmask.models.schedules",
+    "scores": _SCORES,
     "tokenizer": "keras_dynmask.tf.tokenizer",
     "viz": "keras_dynmask.app.viz",
 }

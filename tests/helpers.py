@@ -47,6 +47,36 @@ def tiny_masked_lm(mask_token_id, unselectable_ids, seed=0):
     return model
 
 
+def shifted_score(score, batch, head, query, key):
+    """A user's score modifier that reads every index it is given."""
+    return score + 0.5 * keras.ops.sin(0.3 * (query - key) + head) + 0.1 * batch
+
+
+def score_modifiers():
+    """Score modifiers of every kind, for two heads, for property tests
+    (made when called: the scripts that import this module import the
+    package late)."""
+    from keras_dynmask.core import scores
+
+    return [
+        scores.ALiBi(),
+        scores.ALiBi([0.3, 0.7]),
+        scores.SoftCap(2.0),
+        scores.RelativeBias(8, 16),
+        scores.RelativeBias(8, 12, bidirectional=False),
+        scores.ScoreFunction(shifted_score),
+    ]
+
+
+def random_tables(modifiers, num_heads, rng):
+    """Random weights (not their zeros) for the modifiers that hold some."""
+    return {
+        name: rng.normal(size=shape).astype("float32")
+        for modifier in modifiers
+        for name, shape in modifier.weight_shapes(num_heads).items()
+    }
+
+
 def to_numpy(x):
     """`x` as a numpy array, detached from any gradient: under Keras'
     PyTorch backend a layer's output requires grad, and `np.asarray` of it

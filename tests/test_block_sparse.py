@@ -10,7 +10,11 @@ import keras_dynmask as kd
 from keras_dynmask.attention import block_sparse
 from keras_dynmask.attention import tile_mask
 from keras_dynmask.attention.softmax import softmax_attention
+from keras_dynmask.core.scores import Scoring
+from keras_dynmask.layers._pattern_attention import _within_causal
 from keras_dynmask.layers.attention_mask import call_attention_mask
+from tests.helpers import random_tables
+from tests.helpers import score_modifiers
 
 pytestmark = pytest.mark.tensorflow_only  # tiles kept: a run-time length
 
@@ -114,6 +118,38 @@ def test_equals_dense_for_random_patterns(data):
         got, got_rows = block_sparse.attention(q, k, v, block_size, *tiles)
         np.testing.assert_array_equal(got_rows, want_rows)
         np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+@given(st.data())
+def test_equals_dense_with_score_modifiers(data):
+    """The same random compositions, with one to three modifiers applied
+    in order (per-key ALiBi too where the pattern is bounded by causal):
+    each tile's scores are modified at its own positions, as the dense
+    scores are at theirs."""
+    text, length, lengths, block_size = _case(data.draw)
+    pattern = kd.parse_pattern(text)
+    modifiers = data.draw(
+        st.lists(st.sampled_from(score_modifiers()), max_size=3)
+    )
+    batch = len(lengths)
+    seed = data.draw(st.integers(0, 2**16))
+    q, k, v, inputs = _inputs(batch, length, seed)
+    rng = np.random.default_rng(seed)
+    scoring = Scoring(
+        modifiers, random_tables(modifiers, 2, rng), _within_causal(pattern)
+    )
+    padding = np.arange(length)[None] < np.array(lengths)[:, None]
+    mask = _dense(pattern, q, k, padding, inputs)
+    positions = np.arange(length, dtype="int32")
+    want, want_rows, _ = softmax_attention(
+        q, k, v, mask, score=scoring.at(positions, positions)
+    )
+    tiles = _planned(pattern, block_size, length, padding, inputs)
+    got, got_rows = block_sparse.attention(
+        q, k, v, block_size, *tiles, score=scoring
+    )
+    np.testing.assert_array_equal(got_rows, want_rows)
+    np.testing.assert_allclose(got, want, atol=1e-5)
 
 
 @pytest.mark.parametrize("text", [w for w in WORDS if "~" not in w])

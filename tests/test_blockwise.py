@@ -10,8 +10,12 @@ from keras import ops
 import keras_dynmask as kd
 from keras_dynmask.attention import blockwise
 from keras_dynmask.attention.softmax import softmax_attention
+from keras_dynmask.core.scores import Scoring
+from keras_dynmask.layers._pattern_attention import _within_causal
 from keras_dynmask.layers.attention_mask import call_attention_mask
 from tests.helpers import input_gradient
+from tests.helpers import random_tables
+from tests.helpers import score_modifiers
 from tests.helpers import to_numpy
 
 
@@ -81,7 +85,8 @@ def _case(draw):
 @given(st.data())
 def test_blockwise_equals_dense_for_random_patterns(data):
     """Any window composition, lengths that are not multiples of the
-    block size, padded rows and rows with no visible key."""
+    block size, padded rows and rows with no visible key, and up to three
+    score modifiers."""
     text, length, lengths, block_size = _case(data.draw)
     pattern = kd.parse_pattern(text)
     rng = np.random.default_rng(length * 100 + block_size)
@@ -92,6 +97,14 @@ def test_blockwise_equals_dense_for_random_patterns(data):
     )
     padding = np.arange(length)[None] < np.array(lengths)[:, None]
     segments = np.sort(rng.integers(0, 3, (batch, length)), 1).astype("int32")
+    # Score modifiers too: each block's scores modified at its positions.
+    modifiers = data.draw(
+        st.lists(st.sampled_from(score_modifiers()), max_size=3)
+    )
+    scoring = Scoring(
+        modifiers, random_tables(modifiers, 2, rng), _within_causal(pattern)
+    )
+    positions = np.arange(length, dtype="int32")
     want_attended, want_rows, _ = softmax_attention(
         q,
         k,
@@ -100,6 +113,7 @@ def test_blockwise_equals_dense_for_random_patterns(data):
             pattern, q, k, padding, padding, segment_ids=segments
         ),
         _no_dropout,
+        score=scoring.at(positions, positions),
     )
     got_attended, got_rows = blockwise.attention(
         q,
@@ -110,6 +124,7 @@ def test_blockwise_equals_dense_for_random_patterns(data):
         query_mask=padding,
         key_mask=padding,
         segment_ids=segments,
+        score=scoring,
     )
     np.testing.assert_array_equal(got_rows, want_rows)
     np.testing.assert_allclose(got_attended, want_attended, atol=1e-5)

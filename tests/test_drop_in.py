@@ -94,6 +94,7 @@ def test_a_stock_config_makes_our_layer(stock, ours, arguments):
         **config,
         "pattern": "bidirectional",
         "block_size": 128,
+        "score": None,
     }
 
 

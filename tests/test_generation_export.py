@@ -367,3 +367,45 @@ def test_quantized_tflite_generates(tmp_path, quantization):
     if quantization == "dynamic_range":
         assert max(gaps) < 0.1, gaps
     assert len(small.generate(PROMPTS, 5)) == 4
+
+
+def test_alibi_and_a_relative_bias_generate_in_both_exports(tmp_path):
+    """No position table: ALiBi and a causal relative bias in every block,
+    decoding from a cache in the SavedModel's `generate` and in TFLite's
+    prefill and decode, token for token and logit for logit as Keras."""
+    keras.utils.set_random_seed(4)
+    model = models.build_causal_lm(
+        VOCABULARY,
+        **SIZES,
+        positions="alibi",
+        score="relative(8, 32, causal)",
+    )
+    rng = np.random.default_rng(0)
+    for weight in model.weights:
+        if "relative_bias" in weight.path:
+            weight.assign(rng.normal(size=weight.shape))
+    want, want_logits = generation.generate(
+        model, PROMPTS, 6, return_logits=True
+    )
+    saved = export.to_saved_model(model, tmp_path / "lm")
+    served = tf.saved_model.load(str(saved)).signatures["generate"](
+        token_ids=tf.constant(right_padded(PROMPTS)),
+        max_new_tokens=tf.constant(6),
+        top_k=tf.constant(1),
+        top_p=tf.constant(1.0),
+        temperature=tf.constant(1.0),
+        seed=tf.constant(0, tf.int64),
+        end_id=tf.constant(-1),
+    )
+    assert cut_rows(served["token_ids"], served["lengths"].numpy()) == want
+    generator = export.TFLiteGenerator(
+        export.to_tflite(model, tmp_path / "lm.tflite", max_length=24)
+    )
+    assert generator.generate(PROMPTS, 6) == want
+    lengths = np.array([len(p) for p in PROMPTS], "int32")
+    logits, caches = generator.prefill(right_padded(PROMPTS), lengths)
+    for step in range(6):
+        np.testing.assert_allclose(logits, want_logits[:, step], atol=1e-4)
+        logits, caches = generator.decode(
+            np.array(want, "int32")[:, step], lengths + step, caches
+        )

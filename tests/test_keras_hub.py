@@ -181,6 +181,7 @@ def test_keras_hub_encoder_weights_load_into_ours(arguments, tmp_path):
         **config,
         "pattern": "bidirectional",
         "block_size": 128,
+        "score": None,
     }
 
 
@@ -226,6 +227,7 @@ def test_keras_hub_decoder_weights_load_into_ours(cross, arguments, tmp_path):
         **config,
         "pattern": "bidirectional",
         "block_size": 128,
+        "score": None,
     }
 
 

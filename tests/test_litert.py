@@ -51,6 +51,23 @@ def _model():
     # Causal queries in 4 chunks from 16 positions on, 8 from 32.
     attention = kd.MultiHeadAttention(2, 4, pattern="causal", block_size=2)
     outputs["causal_chunks"] = attention(x, x)
+    # Score modifiers on each path: written out (a soft cap), in causal
+    # chunks, block-wise and over tiles; lengths to 300 put ALiBi's
+    # penalties far past what the model was built at.
+    for name, text, score, block_size in (
+        ("alibi_softcap", "causal | prefix(3)", "alibi, softcap(3)", None),
+        ("relative_chunks", "causal", "relative(8, 32, causal)", 2),
+        ("alibi_blockwise", "causal & window(5)", "alibi", 4),
+        ("relative_tiles", "segment & causal", "relative(8, 32)", 2),
+    ):
+        attention = kd.MultiHeadAttention(
+            2, 4, pattern=text, score=score, block_size=block_size
+        )
+        outputs[f"score_{name}"] = attention(
+            x, x, segment_ids=inputs["segment_ids"]
+        )
+        for table in attention.score_variables.values():
+            table.assign(np.random.default_rng(0).normal(size=table.shape))
     block = kd.TransformerBlock(2, 16, pattern="causal | prefix")
     outputs["block"] = keras.layers.GlobalAveragePooling1D()(
         block(x, prefix_length=inputs["prefix_length"])

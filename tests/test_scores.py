@@ -1,8 +1,6 @@
 """Score modifiers against numpy oracles: per head, per position, with
 offsets; composition in order; configs; bad arguments."""
 
-import math
-
 import keras
 import numpy as np
 import pytest
@@ -16,6 +14,7 @@ from keras_dynmask.core.scores import apply_scores
 from keras_dynmask.core.scores import as_scores
 from keras_dynmask.core.scores import parse_scores
 from tests.helpers import to_numpy
+from tests.oracle import t5_bucket
 
 B, N, T, S = 2, 6, 3, 7
 RNG = np.random.default_rng(0)
@@ -52,26 +51,6 @@ def test_soft_cap_equals_its_oracle():
     assert np.abs(out).max() < 3.0
 
 
-def _t5_bucket(distance, num_buckets, max_distance, bidirectional):
-    """T5's reference rule, one distance (key minus query) at a time."""
-    bucket, n = 0, -distance
-    if bidirectional:
-        num_buckets //= 2
-        bucket += num_buckets if n < 0 else 0
-        n = abs(n)
-    else:
-        n = max(n, 0)
-    exact = num_buckets // 2
-    if n < exact:
-        return bucket + n
-    large = exact + int(
-        math.log(n / exact)
-        / math.log(max_distance / exact)
-        * (num_buckets - exact)
-    )
-    return bucket + min(large, num_buckets - 1)
-
-
 @pytest.mark.parametrize("bidirectional", [True, False])
 def test_relative_bias_equals_t5s_buckets(bidirectional):
     modifier = RelativeBias(8, 20, bidirectional=bidirectional)
@@ -87,7 +66,7 @@ def test_relative_bias_equals_t5s_buckets(bidirectional):
     for b in range(B):
         for t in range(T):
             for s in range(S):
-                bucket = _t5_bucket(
+                bucket = t5_bucket(
                     int(keys[s] - queries[b, t]), 8, 20, bidirectional
                 )
                 want[b, :, t, s] += table[bucket]
@@ -184,6 +163,8 @@ def test_text_reads_modifiers_in_order():
     [
         ("rope", "'rope' is not a modifier"),
         ("alibi, ", "'' is not a modifier"),
+        ("alibi(", "unbalanced parentheses"),
+        ("softcap(2)), alibi", "unbalanced parentheses"),
         ("softcap", "'softcap' has the wrong number of arguments"),
         ("softcap(0)", r"'softcap\(0\)' does not read \(cap must be"),
         ("relative(8, 20, sideways)", "does not read"),

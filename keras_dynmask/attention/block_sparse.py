@@ -104,6 +104,7 @@ def attention(
     every=None,
     inside=None,
     dropout=None,
+    score=None,
 ):
     """Masked softmax attention computed over the kept tiles only.
 
@@ -122,6 +123,8 @@ def attention(
             `columns` (`b * K + k`), positions past `T` or `S` hidden;
             `None` only when every kept tile is full.
         dropout: callable on the (unnormalized) weights, or `None`.
+        score: a `core.scores.Scoring`, placed here at each tile's
+            positions (queries and keys from 0), or `None`.
 
     Returns:
         `(attended (B, T, N, H) in the value dtype, has_key (B, T))`: a
@@ -165,6 +168,13 @@ def attention(
             ),
             "float32",
         )
+        if score is not None:
+            within = ops.arange(block_size, dtype="int32")
+            scores = score.at(
+                ops.expand_dims(rows % query_tiles, 1) * block_size + within,
+                ops.expand_dims(columns % key_tiles, 1) * block_size + within,
+                rows // query_tiles,
+            )(scores)
         if mask_of is not None:
             visible = ops.expand_dims(mask_of(rows, columns), 1)
             scores = ops.where(visible, scores, MASKED_SCORE)

@@ -142,6 +142,7 @@ def attention(
     segment_ids=None,
     dropout=None,
     blocks=None,
+    score=None,
 ):
     """Masked self-attention, block by block.
 
@@ -158,6 +159,8 @@ def attention(
             least what the pattern needs (`static_blocks`: Python ints, so
             that every shape is known when tracing); by default computed
             from `variables`.
+        score: a `core.scores.Scoring`, placed here at each block's
+            positions, or `None`.
 
     Returns:
         `(attended, has_key)`: `(B, T, N, H)` in the value dtype, and bool
@@ -215,12 +218,40 @@ def attention(
     query_blocks = queries(query_heads, 0)
     key_block = keys(key_heads, 0)
     value_block = keys(value_heads, 0)
+    if score is not None:
+        query_positions = ops.expand_dims(starts, 1) + ops.arange(
+            block_size, dtype="int32"
+        )
+        score = score.at(
+            _per_block(query_positions, batch),
+            _per_block(key_positions, batch),
+            _per_block(ops.zeros((count, 1), "int32"), batch, True)[:, 0],
+        )
     attended, _, _ = softmax_attention(
-        query_blocks, key_block, value_block, mask, dropout, weights=False
+        query_blocks,
+        key_block,
+        value_block,
+        mask,
+        dropout,
+        weights=False,
+        score=score,
     )
     attended = ops.reshape(attended, (batch, padded, heads, value_size))
     has_key = ops.reshape(ops.any(mask, axis=-1), (batch, padded))
     return attended[:, :length], has_key[:, :length]
+
+
+def _per_block(positions, batch, add_example=False):
+    """`(B * count, n)` from the `(count, n)` positions of each block (plus
+    the index of each example, with `add_example`)."""
+    count, size = ops.shape(positions)[0], ops.shape(positions)[1]
+    positions = ops.broadcast_to(
+        ops.expand_dims(positions, 0), (batch, count, size)
+    )
+    if add_example:
+        example = ops.reshape(ops.arange(batch, dtype="int32"), (-1, 1, 1))
+        positions = positions + example
+    return ops.reshape(positions, (batch * count, size))
 
 
 def _pad(x, before, after, fill):

@@ -15,6 +15,7 @@ import keras
 from keras import ops
 
 from keras_dynmask.attention.softmax import per_position
+from keras_dynmask.attention.softmax import softmax_attention
 
 # (chunks, fewest blocks in the sequence for them), most chunks first:
 # at T = 4,096 with blocks of 128, 8 chunks take 0.58x the time of one
@@ -24,7 +25,12 @@ CHUNKS = ((8, 16), (4, 8))
 
 
 def causal_attention(
-    query_heads, key_heads, value_heads, key_mask=None, block_size=None
+    query_heads,
+    key_heads,
+    value_heads,
+    key_mask=None,
+    block_size=None,
+    score=None,
 ):
     """Causal self-attention with padding.
 
@@ -36,6 +42,10 @@ def causal_attention(
         block_size: int > 0 or `None`. On TensorFlow, the queries are cut
             into 8 chunks from `16 * block_size` positions on, 4 from
             `8 * block_size`; `None`: never (one `T x T` kernel call).
+        score: a `core.scores.Scoring`, on TensorFlow only (each piece is
+            modified at its own positions, by `softmax_attention`: fused
+            with the modifiers' bias when they only add one in float32,
+            written out otherwise), or `None`.
 
     Returns:
         `(attended (B, T, N, H), has_key (B, T) or None)`: a query whose
@@ -46,6 +56,12 @@ def causal_attention(
     else:
         key_mask = ops.cast(key_mask, "bool")
         has_key = ops.greater(ops.cumsum(ops.cast(key_mask, "int32"), 1), 0)
+    if score is not None and keras.backend.backend() != "tensorflow":
+        raise ValueError(
+            "causal_attention takes score modifiers on TensorFlow only "
+            f"(the backends' causal kernels take none), received score="
+            f"{score.modifiers!r} on {keras.backend.backend()}"
+        )
     if keras.backend.backend() != "tensorflow":
         attended = ops.dot_product_attention(
             query_heads,
@@ -56,39 +72,42 @@ def causal_attention(
             is_causal=True,
         )
     elif block_size is None:
-        attended = _chunked(query_heads, key_heads, value_heads, key_mask, 1)
+        attended = _chunked(
+            query_heads, key_heads, value_heads, key_mask, 1, score
+        )
     else:
         attended = _by_length(
-            (query_heads, key_heads, value_heads), key_mask, block_size
+            (query_heads, key_heads, value_heads), key_mask, block_size, score
         )
     if has_key is not None:
         attended = ops.where(per_position(has_key), attended, 0.0)
     return attended, has_key
 
 
-def _by_length(heads, key_mask, block_size, choices=CHUNKS):
+def _by_length(heads, key_mask, block_size, score, choices=CHUNKS):
     """`_chunked` with the first of `choices` this call's length reaches
     (decided when tracing if the length is known then, else in the
     graph), else in one piece."""
     if not choices:
-        return _chunked(*heads, key_mask, 1)
+        return _chunked(*heads, key_mask, 1, score)
     (chunks, blocks), rest = choices[0], choices[1:]
     length = heads[0].shape[1]
     if isinstance(length, int):  # known when tracing: no `cond`
         if length >= blocks * block_size:
-            return _chunked(*heads, key_mask, chunks)
-        return _by_length(heads, key_mask, block_size, rest)
+            return _chunked(*heads, key_mask, chunks, score)
+        return _by_length(heads, key_mask, block_size, score, rest)
     return ops.cond(
         ops.shape(heads[0])[1] >= blocks * block_size,
-        lambda: _chunked(*heads, key_mask, chunks),
-        lambda: _by_length(heads, key_mask, block_size, rest),
+        lambda: _chunked(*heads, key_mask, chunks, score),
+        lambda: _by_length(heads, key_mask, block_size, score, rest),
     )
 
 
-def _chunked(query_heads, key_heads, value_heads, key_mask, chunks):
+def _chunked(query_heads, key_heads, value_heads, key_mask, chunks, score):
     """Causal attention of `chunks` consecutive pieces of the queries,
     each over the keys up to its last position (the last piece takes the
-    remainder; needs a length of at least `chunks`)."""
+    remainder; needs a length of at least `chunks`), modified at the
+    piece's positions."""
     length = ops.shape(query_heads)[1]
     size = length // chunks
     pieces = []
@@ -103,15 +122,22 @@ def _chunked(query_heads, key_heads, value_heads, key_mask, chunks):
         mask = ops.expand_dims(ops.expand_dims(mask, 0), 0)
         if key_mask is not None:
             mask = ops.logical_and(mask, _per_key(key_mask[:, :stop]))
-        pieces.append(
-            ops.dot_product_attention(
-                query_heads[:, start:stop],
-                key_heads[:, :stop],
-                value_heads[:, :stop],
-                mask=mask,
-                scale=1.0,
-            )
+        heads = (
+            query_heads[:, start:stop],
+            key_heads[:, :stop],
+            value_heads[:, :stop],
         )
+        if score is None:
+            piece = ops.dot_product_attention(*heads, mask=mask, scale=1.0)
+        else:
+            placed = score.at(
+                ops.arange(start, stop, dtype="int32"),
+                ops.arange(stop, dtype="int32"),
+            )
+            piece, _, _ = softmax_attention(
+                *heads, mask, weights=False, score=placed
+            )
+        pieces.append(piece)
     return pieces[0] if chunks == 1 else ops.concatenate(pieces, axis=1)
 
 

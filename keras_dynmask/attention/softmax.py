@@ -9,20 +9,32 @@ MASKED_SCORE = -1e9
 
 
 def softmax_attention(
-    query_heads, key_heads, value_heads, mask, dropout=None, weights=True
+    query_heads,
+    key_heads,
+    value_heads,
+    mask,
+    dropout=None,
+    weights=True,
+    score=None,
 ):
     """Softmax attention of every query over every key it is given.
 
     Scores are normalized in float32 whatever the compute dtype; a query
     whose keys are all hidden gets zero weights (not a uniform row) and a
-    zero output.
+    zero output. Score modifiers change the float32 scores before the
+    mask hides keys.
 
     Without dropout and weights, and with keys and values of one head
     size, this is Keras' fused
     `keras.ops.dot_product_attention` (the same kernel stock Keras layers
     use: XLA-fusable; on JAX, cuDNN or a TPU's kernel where the backend
     picks one), whose rows without a key are then set to zero; otherwise
-    the steps are written out here.
+    the steps are written out here. Modifiers that only add a bias (ALiBi,
+    a relative bias) stay on the fused kernel, given as its `bias`, when
+    the compute dtype is float32; others (a soft cap, a function), and any
+    modifier under float16 or bfloat16 (where the kernel would add the
+    bias in that precision: an ALiBi bias of -500.5 is -500 in bfloat16),
+    take the written-out steps.
 
     Args:
         query_heads: `(B, T, N, H)`, already scaled.
@@ -31,20 +43,34 @@ def softmax_attention(
             `None`.
         dropout: callable on the weights, or `None`.
         weights: bool. Whether the weights are wanted.
+        score: a placed `core.scores.Scoring` (`Scoring.at`), or `None`.
 
     Returns:
         `(attended (B, T, N, H), has_key (B, T) or None, weights
         (B, N, T, S) or None)`.
     """
     has_key = rows_with_keys(mask, query_heads)
+    wanted = weights
     # Keras' fused path under JAX needs one head size for keys and values.
     same_sizes = key_heads.shape[-1] == value_heads.shape[-1]
-    if dropout is None and not weights and same_sizes:
+    fused = score is None or (
+        score.additive
+        and keras.backend.standardize_dtype(query_heads.dtype) == "float32"
+    )
+    if dropout is None and not wanted and same_sizes and fused:
+        mask = None if mask is None else _spelled_out(mask, query_heads)
+        bias = None
+        if score is not None:
+            bias = score.bias(query_heads.shape[2])
+            if mask is not None and keras.backend.backend() == "torch":
+                # PyTorch's kernel takes a bias or a mask, not both.
+                bias, mask = ops.where(mask, bias, MASKED_SCORE), None
         attended = ops.dot_product_attention(
             query_heads,
             key_heads,
             value_heads,
-            mask=None if mask is None else _spelled_out(mask, query_heads),
+            bias=bias,
+            mask=mask,
             scale=1.0,
         )
         if has_key is not None:
@@ -54,6 +80,8 @@ def softmax_attention(
     scores = ops.cast(
         ops.einsum("bsnh,btnh->bnts", key_heads, query_heads), "float32"
     )
+    if score is not None:
+        scores = score(scores)
     if mask is not None:
         head_mask = _per_head(mask)
         scores = ops.where(head_mask, scores, MASKED_SCORE)
@@ -62,16 +90,21 @@ def softmax_attention(
         weights = ops.ones_like(scores)
     else:
         weights = ops.softmax(scores, axis=-1)
-    if mask is not None:
+    if mask is not None and wanted:
         # A row whose keys are all hidden would otherwise be uniform.
         weights = ops.where(head_mask, weights, 0.0)
     weights = ops.cast(weights, value_heads.dtype)
     dropped = weights if dropout is None else dropout(weights)
     attended = ops.einsum("bnts,bsnh->btnh", dropped, value_heads)
-    return attended, has_key, weights
+    if has_key is not None and not wanted:
+        # Cheaper than zeroing such rows' weights: one (B, T, N, H) pass.
+        attended = ops.where(per_position(has_key), attended, 0.0)
+    return attended, has_key, weights if wanted else None
 
 
-def single_query_attention(query_heads, key_heads, value_heads, mask):
+def single_query_attention(
+    query_heads, key_heads, value_heads, mask, score=None
+):
     """Softmax attention of one query per row (a decoding step), as
     `softmax_attention` without dropout or weights, written so that no
     key or value tensor is transposed: each score is a product summed over
@@ -83,6 +116,7 @@ def single_query_attention(query_heads, key_heads, value_heads, mask):
         query_heads: `(B, 1, N, H)`, already scaled.
         key_heads, value_heads: `(B, S, N, H)`.
         mask: bool `(B|1, 1, S)`, `(B|1, N|1, 1, S)` or `None`.
+        score: a placed `core.scores.Scoring`, or `None`.
 
     Returns:
         `(attended (B, 1, N, H), has_key (B, 1) or None)`.
@@ -90,6 +124,10 @@ def single_query_attention(query_heads, key_heads, value_heads, mask):
     has_key = rows_with_keys(mask, query_heads)
     # (B, S, N): the keys on axis 1, as they lie in the cache.
     scores = ops.cast(ops.sum(query_heads * key_heads, axis=-1), "float32")
+    if score is not None:
+        # The modifiers take (B, N, 1, S): the scores, not the cache, move.
+        scores = score(ops.expand_dims(ops.transpose(scores, (0, 2, 1)), 2))
+        scores = ops.transpose(ops.squeeze(scores, 2), (0, 2, 1))
     if mask is not None:
         if len(mask.shape) == 4:
             mask = mask[:, :, 0, :]

@@ -44,6 +44,10 @@ class Score:
     Subclasses give `bias` (a change independent of the score, which a
     fused kernel can take as an additive bias) or override `apply`.
     `str(modifier)` is its text form.
+
+    >>> import keras_dynmask as kd
+    >>> isinstance(kd.ALiBi(), kd.Score), kd.SoftCap(30.0).additive
+    (True, False)
     """
 
     additive = True
@@ -53,11 +57,24 @@ class Score:
         to start); none by default."""
         return {}
 
+    def check_heads(self, num_heads):
+        """Raises a `ValueError` when the modifier cannot serve a layer of
+        `num_heads` heads (the layer calls it when constructed)."""
+
     def bias(self, num_heads, query_positions, key_positions, variables):
         """float32 `(B|1, N|1, T, S)` added to the scores."""
         raise NotImplementedError
 
-    def apply(self, scores, query_positions, key_positions, variables=None):
+    def key_bias(self, num_heads, key_positions, reference, variables):
+        """For keys that never follow their query: float32 `(B|1, N, 1, S)`
+        equal to `bias` up to a term constant along each query's row
+        (which a softmax ignores), measured from the position `reference`
+        (scalar, or `(B|1, 1)`); `None` when the bias has no such form."""
+        return None
+
+    def apply(
+        self, scores, query_positions, key_positions, variables=None, batch=None
+    ):
         """The modified float32 scores `(B, N, T, S)`.
 
         Args:
@@ -65,6 +82,9 @@ class Score:
             query_positions: int `(T,)` or `(B, T)`: absolute positions.
             key_positions: int `(S,)` or `(B, S)`.
             variables: `{name: variable}` for `weight_shapes`' names.
+            batch: int `(B,)`, the example each row of `scores` belongs to
+                (rows are blocks or tiles of examples on the block-wise
+                paths), or `None` for `arange(B)`.
         """
         bias = self.bias(
             scores.shape[1], query_positions, key_positions, variables or {}
@@ -128,6 +148,12 @@ class ALiBi(Score):
     Args:
         slopes: list of floats, one per head, or `None` for the paper's
             (`alibi_slopes`). Defaults to `None`.
+
+    >>> import numpy as np, keras_dynmask as kd
+    >>> mha = kd.MultiHeadAttention(4, 8, pattern="causal", score=kd.ALiBi())
+    >>> x = np.zeros((1, 5, 16), "float32")
+    >>> tuple(mha(x, x).shape), str(mha.score[0])
+    ((1, 5, 16), 'alibi')
     """
 
     def __init__(self, slopes=None):
@@ -140,18 +166,35 @@ class ALiBi(Score):
                 )
         self.slopes = slopes
 
-    def bias(self, num_heads, query_positions, key_positions, variables):
-        slopes = self.slopes or alibi_slopes(num_heads)
-        if len(slopes) != num_heads:
+    def check_heads(self, num_heads):
+        if self.slopes is not None and len(self.slopes) != num_heads:
             raise ValueError(
                 f"ALiBi needs one slope per head ({num_heads}), received "
-                f"slopes={slopes!r}"
+                f"slopes={self.slopes!r}"
             )
+
+    def bias(self, num_heads, query_positions, key_positions, variables):
+        self.check_heads(num_heads)
+        slopes = self.slopes or alibi_slopes(num_heads)
         distance = ops.abs(_distances(query_positions, key_positions))
         slopes = ops.reshape(
             ops.convert_to_tensor(slopes, "float32"), (-1, 1, 1)
         )
         return -slopes * ops.cast(distance, "float32")
+
+    def key_bias(self, num_heads, key_positions, reference, variables):
+        # Keys at or before the query: -slope * (q - k) is slope * k less a
+        # constant per query; measured from `reference` (the last query)
+        # the keys near each query stay near 0, where float32 is finest.
+        self.check_heads(num_heads)
+        slopes = self.slopes or alibi_slopes(num_heads)
+        key = ops.cast(key_positions, "int32")
+        key = key[None] if len(key.shape) == 1 else key
+        distance = ops.cast(key - ops.cast(reference, "int32"), "float32")
+        slopes = ops.reshape(
+            ops.convert_to_tensor(slopes, "float32"), (1, -1, 1, 1)
+        )
+        return slopes * ops.expand_dims(ops.expand_dims(distance, 1), 1)
 
     def get_config(self):
         return {"slopes": self.slopes}
@@ -168,6 +211,12 @@ class SoftCap(Score):
 
     Args:
         cap: float > 0.
+
+    >>> import numpy as np, keras_dynmask as kd
+    >>> scores = np.array([[[[0.5, 8.0]]]], "float32")  # (B, N, T, S)
+    >>> capped = kd.SoftCap(2.0).apply(scores, np.arange(1), np.arange(2))
+    >>> np.round(np.asarray(capped), 3)
+    array([[[[0.49 , 1.999]]]], dtype=float32)
     """
 
     additive = False
@@ -179,8 +228,11 @@ class SoftCap(Score):
             raise ValueError(f"cap must be a float > 0, received cap={cap!r}")
         self.cap = float(cap)
 
-    def apply(self, scores, query_positions, key_positions, variables=None):
-        return self.cap * ops.tanh(scores / self.cap)
+    def apply(
+        self, scores, query_positions, key_positions, variables=None, batch=None
+    ):
+        # A product, not a quotient: cheaper per score on CPUs.
+        return self.cap * ops.tanh(scores * (1.0 / self.cap))
 
     def get_config(self):
         return {"cap": self.cap}
@@ -235,6 +287,14 @@ class RelativeBias(Score):
         name: str or `None`. Its weight is `NAME` (default
             `relative_bias_BUCKETS_DISTANCE`), shared by the layers'
             modifiers of one name.
+
+    >>> import keras_dynmask as kd
+    >>> bias = kd.RelativeBias(8, 16, bidirectional=False)
+    >>> bias.weight_shapes(num_heads=2)
+    {'relative_bias_8_16': (8, 2)}
+    >>> layer = kd.MultiHeadAttention(2, 4, pattern="causal", score=bias)
+    >>> sorted(layer.score_variables), str(bias)
+    (['relative_bias_8_16'], 'relative(8, 16, causal)')
     """
 
     def __init__(
@@ -267,13 +327,14 @@ class RelativeBias(Score):
                 "the layer that holds it (see `weight_shapes`)"
             )
         buckets = relative_buckets(
-            _distances(query_positions, key_positions)[:, 0],
+            _distances(query_positions, key_positions),
             self.num_buckets,
             self.max_distance,
             self.bidirectional,
-        )
-        # (B|1, T, S, N), then heads first.
-        table = ops.take(variables[self.weight_name], buckets, axis=0)
+        )  # (B|1, 1, T, S)
+        table = ops.take(variables[self.weight_name], buckets[:, 0], axis=0)
+        # (B|1, T, S, N), then heads first (a lookup along the table's
+        # second axis, which lands heads first, is slower on TensorFlow).
         return ops.cast(ops.transpose(table, (0, 3, 1, 2)), "float32")
 
     def get_config(self):
@@ -305,6 +366,14 @@ class ScoreFunction(Score):
 
     Args:
         function: the callable.
+
+    >>> import keras, numpy as np, keras_dynmask as kd
+    >>> def near(score, batch, head, query, key):
+    ...     return score + keras.ops.where(abs(query - key) < 2, 1.0, 0.0)
+    >>> mha = kd.MultiHeadAttention(2, 4, score=kd.ScoreFunction(near))
+    >>> x = np.ones((1, 3, 8), "float32")
+    >>> tuple(mha(x, x).shape)
+    (1, 3, 8)
     """
 
     additive = False
@@ -316,16 +385,23 @@ class ScoreFunction(Score):
             )
         self.function = function
 
-    def apply(self, scores, query_positions, key_positions, variables=None):
-        distance = _distances(query_positions, key_positions)
-        key = ops.cast(key_positions, "int32")
-        key = key[None] if len(key.shape) == 1 else key
-        key = key[:, None, None, :]
-        query = key - distance
-        batch = ops.reshape(ops.arange(ops.shape(scores)[0]), (-1, 1, 1, 1))
+    def apply(
+        self, scores, query_positions, key_positions, variables=None, batch=None
+    ):
+        def per_row(positions):
+            positions = ops.cast(positions, "float32")
+            return positions[None] if len(positions.shape) == 1 else positions
+
+        query = per_row(query_positions)[:, None, :, None]
+        key = per_row(key_positions)[:, None, None, :]
+        if batch is None:
+            batch = ops.arange(ops.shape(scores)[0])
+        batch = ops.reshape(ops.cast(batch, "float32"), (-1, 1, 1, 1))
         head = ops.reshape(ops.arange(ops.shape(scores)[1]), (1, -1, 1, 1))
-        indices = [ops.cast(i, "float32") for i in (batch, head, query, key)]
-        return ops.cast(self.function(scores, *indices), "float32")
+        head = ops.cast(head, "float32")
+        return ops.cast(
+            self.function(scores, batch, head, query, key), "float32"
+        )
 
     def get_config(self):
         return {"function": keras.saving.serialize_keras_object(self.function)}
@@ -339,15 +415,101 @@ class ScoreFunction(Score):
 
 
 def apply_scores(
-    modifiers, scores, query_positions, key_positions, variables=None
+    modifiers,
+    scores,
+    query_positions,
+    key_positions,
+    variables=None,
+    batch=None,
 ):
-    """`modifiers` applied in order to float32 scores `(B, N, T, S)`."""
+    """`modifiers` applied in order to float32 scores `(B, N, T, S)` (the
+    arguments as for `Score.apply`)."""
     scores = ops.cast(scores, "float32")
     for modifier in modifiers:
         scores = modifier.apply(
-            scores, query_positions, key_positions, variables or {}
+            scores, query_positions, key_positions, variables or {}, batch
         )
     return scores
+
+
+class Scoring:
+    """A layer's modifiers with its weights, as the attention paths take
+    them: placed at the positions of one computation (`at`), they modify
+    scores (`__call__`) or, when every one is additive, give the bias a
+    fused kernel adds (`bias`).
+
+    Args:
+        modifiers: list of `Score`.
+        variables: `{name: variable}` for their `weight_shapes`.
+        causal: bool. Whether no visible key ever follows its query (the
+            layer's pattern is bounded by `causal`): additive modifiers
+            may then give a per-key bias (`Score.key_bias`), which the
+            kernel broadcasts instead of reading a `(T, S)` one.
+    """
+
+    def __init__(self, modifiers, variables=None, causal=False):
+        self.modifiers = list(modifiers)
+        self.variables = dict(variables or {})
+        self.causal = bool(causal)
+        self.positions = None
+
+    @property
+    def additive(self):
+        """Whether every modifier only adds a bias independent of the
+        score."""
+        return all(m.additive for m in self.modifiers)
+
+    def at(self, query_positions, key_positions, batch=None):
+        """These modifiers placed at absolute positions: int `(T,)` or
+        `(B, T)` for the queries, `(S,)` or `(B, S)` for the keys, and the
+        example of each row (see `Score.apply`)."""
+        placed = Scoring(self.modifiers, self.variables, self.causal)
+        placed.positions = (query_positions, key_positions, batch)
+        return placed
+
+    def __call__(self, scores):
+        """The modified float32 scores `(B, N, T, S)`."""
+        if not self.modifiers:
+            return ops.cast(scores, "float32")
+        if self.additive:
+            return ops.cast(scores, "float32") + self.bias(scores.shape[1])
+        return apply_scores(
+            self.modifiers,
+            scores,
+            *self.positions[:2],
+            self.variables,
+            self.positions[2],
+        )
+
+    def bias(self, num_heads):
+        """float32 `(B|1, N, T|1, S)`: the sum of the additive modifiers'
+        biases (per key where `causal` allows it), or `None` without
+        modifiers."""
+        query_positions, key_positions, _ = self.positions
+        total = None
+        for modifier in self.modifiers:
+            bias = None
+            if self.causal:
+                # The last query of each row: the keys near every query lie
+                # within the queries' span of it.
+                reference = ops.max(
+                    ops.reshape(
+                        ops.cast(query_positions, "int32"),
+                        (-1, ops.shape(query_positions)[-1]),
+                    ),
+                    axis=-1,
+                    keepdims=True,
+                    initial=0,  # no queries (no tiles kept): any will do
+                )
+                bias = modifier.key_bias(
+                    num_heads, key_positions, reference, self.variables
+                )
+            if bias is None:
+                bias = modifier.bias(
+                    num_heads, query_positions, key_positions, self.variables
+                )
+            total = bias if total is None else total + bias
+        return total
 
 
 # word: (modifier class, how its arguments read)
@@ -384,9 +546,13 @@ def parse_scores(text):
     parts, depth, start = [], 0, 0
     for index, character in enumerate(text + ","):
         depth += {"(": 1, ")": -1}.get(character, 0)
+        if depth < 0:
+            break
         if character == "," and depth == 0:
             parts.append(text[start:index])
             start = index + 1
+    if depth != 0:
+        raise ValueError(f"score text {text!r} has unbalanced parentheses")
     return [_word(part, text) for part in parts]
 
 
@@ -422,19 +588,38 @@ def _word(part, text):
 
 
 def as_scores(score, name="score"):
-    """A list of modifiers from `None`, a modifier, a list of them, or
-    their text."""
+    """A list of modifiers from `None`, a modifier, a list of them (or of
+    their configs, as `score_config` writes them), or their text."""
     if score is None:
         return []
     if isinstance(score, str):
         return parse_scores(score)
     if isinstance(score, Score):
         return [score]
-    if isinstance(score, (list, tuple)) and all(
-        isinstance(s, Score) for s in score
-    ):
-        return list(score)
+    if isinstance(score, (list, tuple)):
+        found = [
+            keras.saving.deserialize_keras_object(s)
+            if isinstance(s, dict)
+            else s
+            for s in score
+        ]
+        if all(isinstance(s, Score) for s in found):
+            return found
     raise ValueError(
         f"{name} must be a score modifier, a list of them or their text "
         f"such as 'alibi', received {name}={score!r}"
     )
+
+
+def score_config(modifiers):
+    """What a layer's config holds for its modifiers: `None` for none,
+    their text when it reads back the same, else their configs."""
+    if not modifiers:
+        return None
+    text = ", ".join(str(m) for m in modifiers)
+    try:
+        if parse_scores(text) == list(modifiers):
+            return text
+    except ValueError:
+        pass  # a function, or a name the text form does not hold
+    return [keras.saving.serialize_keras_object(m) for m in modifiers]

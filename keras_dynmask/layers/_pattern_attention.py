@@ -25,8 +25,12 @@ from keras_dynmask.core import masks
 from keras_dynmask.core import patterns
 from keras_dynmask.core._checks import check_int
 from keras_dynmask.core.parsing import as_pattern
+from keras_dynmask.core.scores import Scoring
+from keras_dynmask.core.scores import as_scores
+from keras_dynmask.core.scores import score_config
 from keras_dynmask.layers._keras_mask import set_keras_mask
 from keras_dynmask.layers._keras_mask import without_mask
+from keras_dynmask.layers._score_weights import score_weights
 from keras_dynmask.layers.attention_mask import call_attention_mask
 from keras_dynmask.layers.attention_mask import pattern_variables
 
@@ -170,6 +174,18 @@ def and_masks(mask, other):
     return ops.logical_and(mask, other)
 
 
+def _within_causal(pattern):
+    """Whether `pattern` never shows a key after its query, whatever its
+    variables hold: `causal`, ANDed with anything, or an OR of such."""
+    if isinstance(pattern, patterns.Causal):
+        return True
+    if isinstance(pattern, patterns.And):
+        return any(_within_causal(p) for p in pattern.patterns)
+    if isinstance(pattern, patterns.Or):
+        return all(_within_causal(p) for p in pattern.patterns)
+    return False
+
+
 def own_attention(function):
     """Marks a layer's own `_compute_attention`: a subclass that replaces
     it must see every call, so the block-wise path is then not taken."""
@@ -180,9 +196,21 @@ def own_attention(function):
 class PatternAttention:
     """The mixin; see the module docstring."""
 
-    def _init_pattern(self, pattern, block_size):
+    def _init_pattern(self, pattern, block_size, score=None):
         self.pattern = as_pattern(pattern)
         self.pattern_variables = pattern_variables(self, self.pattern)
+        self.score = as_scores(score)
+        for modifier in self.score:
+            modifier.check_heads(self.query_heads)
+        self.score_variables = score_weights(self, self.score, self.query_heads)
+        self._scoring = None
+        if self.score:
+            self._scoring = Scoring(
+                self.score,
+                self.score_variables,
+                causal=_within_causal(self.pattern),
+            )
+        object.__setattr__(self, "_score_offset", 0)
         if block_size is not None:
             block_size = check_int("block_size", block_size, minimum=1)
         self.block_size = block_size
@@ -246,6 +274,8 @@ class PatternAttention:
             key_heads, value_heads = ops.unstack(cache, 2, axis=1)
             key, offset = key_heads, cache_index
         key_heads, value_heads = self._repeat_key_value(key_heads, value_heads)
+        # Where query 0 stands, for the modifiers of `_compute_attention`.
+        object.__setattr__(self, "_score_offset", offset)
         call_masks = CallMasks(
             self,
             query,
@@ -274,6 +304,7 @@ class PatternAttention:
                 value_heads,
                 call_masks.key_mask,
                 block_size=self.block_size,
+                score=self._scoring,
             )
             if call_masks.query_mask is not None:
                 query_mask = ops.cast(call_masks.query_mask, "bool")
@@ -296,6 +327,7 @@ class PatternAttention:
                 key_heads,
                 value_heads,
                 call_masks.dense(),
+                score=self._score_at(1, ops.shape(key_heads)[1], offset),
             )
         else:
             mask = call_masks.dense()
@@ -400,6 +432,19 @@ class PatternAttention:
 
         return {"dropout": dropout, "weights": bool(return_weights)}
 
+    def _score_at(self, query_length, key_length, offset=None):
+        """The layer's modifiers placed at queries `offset + arange(T)`
+        (`offset` defaults to this call's) over keys `arange(S)`, or
+        `None` without modifiers."""
+        if self._scoring is None:
+            return None
+        offset = self._score_offset if offset is None else offset
+        offset = ops.reshape(ops.cast(offset, "int32"), (-1, 1))
+        queries = ops.expand_dims(ops.arange(query_length, dtype="int32"), 0)
+        return self._scoring.at(
+            queries + offset, ops.arange(key_length, dtype="int32")
+        )
+
     def _scaled(self, query_heads):
         key_size = self._head_counts()[2]
         query_heads = ops.convert_to_tensor(query_heads)
@@ -464,6 +509,7 @@ class PatternAttention:
                 segment_ids=call_masks.inputs.get("segment_ids"),
                 dropout=dropout,
                 blocks=gathered,
+                score=self._scoring,
             )
 
         def dense():
@@ -611,6 +657,7 @@ class PatternAttention:
                     every,
                     inside,
                     dropout=dropout,
+                    score=self._scoring,
                 )
 
             batch = ops.shape(query_heads)[0]
@@ -639,10 +686,12 @@ class PatternAttention:
 
     def _takes_causal_kernel(self, value, cache, call_masks, training):
         """Whether this call is causal self-attention with at most padding
-        masks, no dropout, and keys and values of one head size: then
-        `causal_attention` runs."""
+        masks, no dropout, keys and values of one head size, and score
+        modifiers only on TensorFlow (the chunks take them; JAX's and
+        PyTorch's causal kernels do not): then `causal_attention` runs."""
         return (
             isinstance(self.pattern, patterns.Causal)
+            and (self._scoring is None or blockwise.available())
             and self._own_self_attention(cache, call_masks)
             and self._head_counts()[2] == self._head_counts()[3]
             and not (self._dropout_layer.rate > 0.0 and training)
@@ -727,4 +776,5 @@ class PatternAttention:
             **super().get_config(),
             "pattern": str(self.pattern),
             "block_size": self.block_size,
+            "score": score_config(self.score),
         }

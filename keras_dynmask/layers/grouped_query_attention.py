@@ -1,6 +1,7 @@
 """Grouped-query attention that builds its mask from a pattern at call time."""
 
 import keras
+from keras import ops
 
 from keras_dynmask.attention.softmax import softmax_attention
 from keras_dynmask.core._checks import check_fraction
@@ -38,6 +39,9 @@ class GroupedQueryAttention(PatternAttention, keras.layers.GroupQueryAttention):
             its order.
         pattern: `Pattern` or pattern text. Defaults to `"bidirectional"`.
         block_size: int > 0 or `None`, as for `MultiHeadAttention`.
+        score: score modifiers, a list of them, their text or `None`, as
+            for `MultiHeadAttention` (one per query head). Defaults to
+            `None`.
         **kwargs: base layer arguments.
 
     Call arguments: as for `MultiHeadAttention` (`query`, `value`, `key`,
@@ -82,6 +86,7 @@ class GroupedQueryAttention(PatternAttention, keras.layers.GroupQueryAttention):
         seed=None,
         pattern="bidirectional",
         block_size=128,
+        score=None,
         **kwargs,
     ):
         super().__init__(
@@ -103,7 +108,7 @@ class GroupedQueryAttention(PatternAttention, keras.layers.GroupQueryAttention):
             seed=seed,
             **kwargs,
         )
-        self._init_pattern(pattern, block_size)
+        self._init_pattern(pattern, block_size, score)
 
     def _head_counts(self):
         """(query heads, key/value heads, key size, value size)."""
@@ -176,6 +181,7 @@ class GroupedQueryAttention(PatternAttention, keras.layers.GroupQueryAttention):
             key,
             value,
             self._causal_and(attention_mask, query, key, use_causal_mask),
+            score=self._score_at(ops.shape(query)[1], ops.shape(key)[1]),
             **self._dropout_and_weights(
                 training, self._return_attention_scores
             ),

@@ -1,9 +1,11 @@
 """Multi-head attention that builds its mask from a pattern at call time."""
 
 import keras
+from keras import ops
 
 from keras_dynmask.attention.softmax import softmax_attention
 from keras_dynmask.core._checks import check_fraction
+from keras_dynmask.core.scores import score_config
 from keras_dynmask.layers._keras_mask import get_keras_mask
 from keras_dynmask.layers._keras_mask import set_keras_mask
 from keras_dynmask.layers._pattern_attention import PatternAttention
@@ -69,6 +71,22 @@ class MultiHeadAttention(PatternAttention, keras.layers.MultiHeadAttention):
             always uses the dense path. Keras' `attention_mask`,
             `use_causal_mask` and `sliding_window` take the dense path.
             Defaults to `128`.
+        score: score modifiers (`keras_dynmask.ALiBi()`, `SoftCap(30.0)`,
+            `RelativeBias(32, 128)`, `ScoreFunction(fn)`), a list of them
+            applied in order, their text (`"alibi"`, `"alibi, softcap(30)"`,
+            `"relative(32, 128, causal)"`) or `None`. They change the
+            float32 score of every key before the mask hides some, at
+            absolute positions: query `t` stands at `offset + t` (or
+            `cache_index + t`), key `s` at `s`, so a cached decoding step
+            scores as the full pass. Every path takes them: the fused
+            kernel as its `bias` when all of them only add one (ALiBi, a
+            relative bias) in float32, else the written-out dense steps;
+            the block-wise, block-sparse and decoding paths at their
+            blocks', tiles' and step's positions, `"causal"`'s chunks on
+            TensorFlow at theirs (on JAX and PyTorch, whose causal kernels
+            take no modifier, `"causal"` with modifiers takes the dense
+            path). A `RelativeBias` table is a weight of this layer
+            (named by the modifier, zeros to start). Defaults to `None`.
         **kwargs: base layer arguments.
 
     Call arguments:
@@ -138,6 +156,7 @@ class MultiHeadAttention(PatternAttention, keras.layers.MultiHeadAttention):
         seed=None,
         pattern="bidirectional",
         block_size=128,
+        score=None,
         **kwargs,
     ):
         super().__init__(
@@ -163,7 +182,7 @@ class MultiHeadAttention(PatternAttention, keras.layers.MultiHeadAttention):
             seed=seed,
             **kwargs,
         )
-        self._init_pattern(pattern, block_size)
+        self._init_pattern(pattern, block_size, score)
 
     @property
     def sliding_window(self):
@@ -260,6 +279,7 @@ class MultiHeadAttention(PatternAttention, keras.layers.MultiHeadAttention):
             key,
             value,
             self._causal_and(attention_mask, query, key, use_causal_mask),
+            score=self._score_at(ops.shape(query)[1], ops.shape(key)[1]),
             **self._dropout_and_weights(training, return_attention_scores),
         )
         return attended, weights
@@ -277,12 +297,14 @@ class MultiHeadAttention(PatternAttention, keras.layers.MultiHeadAttention):
             or given
             or not (isinstance(offset, int) and offset == 0)
             or str(self.pattern) != "bidirectional"
+            or self.score
         ):
             raise ValueError(
-                "A pattern, cache, offset or per-example inputs apply to "
-                "queries (B, T, D) attending over axis 1; this call has "
-                f"query shape {tuple(query.shape)} and attention_axes="
-                f"{self._attention_axes}, pattern {str(self.pattern)!r}"
+                "A pattern, score modifiers, cache, offset or per-example "
+                "inputs apply to queries (B, T, D) attending over axis 1; "
+                f"this call has query shape {tuple(query.shape)} and "
+                f"attention_axes={self._attention_axes}, pattern "
+                f"{str(self.pattern)!r}, score {score_config(self.score)!r}"
             )
         held = [(x, get_keras_mask(x)) for x in (query, value, key)]
         try:

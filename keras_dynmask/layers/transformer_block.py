@@ -6,6 +6,8 @@ from keras import ops
 from keras_dynmask.core._checks import check_fraction
 from keras_dynmask.core._checks import check_int
 from keras_dynmask.core.parsing import as_pattern
+from keras_dynmask.core.scores import as_scores
+from keras_dynmask.core.scores import score_config
 from keras_dynmask.layers._keras_mask import set_keras_mask
 from keras_dynmask.layers.multi_head_attention import MultiHeadAttention
 
@@ -49,6 +51,9 @@ class TransformerBlock(keras.layers.Layer):
             with which it skips what window, segment and causal patterns
             hide (see `MultiHeadAttention`); `None` keeps it dense.
             Defaults to `128`.
+        score: score modifiers for the self-attention, as for
+            `MultiHeadAttention` (`"alibi"`, `"relative(32, 128, causal)"`,
+            ...); the cross-attention has none. Defaults to `None`.
         **kwargs: base layer arguments.
 
     Call arguments:
@@ -103,6 +108,7 @@ class TransformerBlock(keras.layers.Layer):
         cross_attention=False,
         cross_pattern="bidirectional",
         block_size=128,
+        score=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -124,6 +130,7 @@ class TransformerBlock(keras.layers.Layer):
         if block_size is not None:
             block_size = check_int("block_size", block_size, minimum=1)
         self.block_size = block_size
+        self.score = as_scores(score)
 
     def build(self, inputs_shape, context_shape=None):
         hidden_dim = inputs_shape[-1]
@@ -157,6 +164,7 @@ class TransformerBlock(keras.layers.Layer):
             dropout=self.dropout,
             pattern=self.pattern,
             block_size=self.block_size,
+            score=self.score,
             name="attention",
             **common,
         )
@@ -343,4 +351,5 @@ class TransformerBlock(keras.layers.Layer):
             "cross_attention": self.cross_attention,
             "cross_pattern": str(self.cross_pattern),
             "block_size": self.block_size,
+            "score": score_config(self.score),
         }

@@ -95,6 +95,7 @@ class TransformerDecoder(TransformerEncoder):
         normalize_first=False,
         pattern="bidirectional",
         block_size=128,
+        score=None,
         **kwargs,
     ):
         # keras-hub's config records the build shapes, to build on load.
@@ -111,6 +112,7 @@ class TransformerDecoder(TransformerEncoder):
             normalize_first=normalize_first,
             pattern=pattern,
             block_size=block_size,
+            score=score,
             **kwargs,
         )
         self._decoder_sequence_shape = None

@@ -13,6 +13,8 @@ from keras import ops
 from keras_dynmask.core._checks import check_fraction
 from keras_dynmask.core._checks import check_int
 from keras_dynmask.core.parsing import as_pattern
+from keras_dynmask.core.scores import as_scores
+from keras_dynmask.core.scores import score_config
 from keras_dynmask.layers._keras_mask import set_keras_mask
 from keras_dynmask.layers._keras_mask import without_mask
 from keras_dynmask.layers.multi_head_attention import MultiHeadAttention
@@ -45,6 +47,8 @@ class TransformerEncoder(keras.layers.Layer):
             `False`. Defaults to `False`.
         pattern: `Pattern` or pattern text. Defaults to `"bidirectional"`.
         block_size: int or `None`, as for `MultiHeadAttention`.
+        score: score modifiers for the self-attention, as for
+            `MultiHeadAttention` (`"alibi"`, ...). Defaults to `None`.
         **kwargs: base layer arguments.
 
     Call arguments:
@@ -78,6 +82,7 @@ class TransformerEncoder(keras.layers.Layer):
         normalize_first=False,
         pattern="bidirectional",
         block_size=128,
+        score=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -95,6 +100,7 @@ class TransformerEncoder(keras.layers.Layer):
         if block_size is not None:
             block_size = check_int("block_size", block_size, minimum=1)
         self.block_size = block_size
+        self.score = as_scores(score)
 
     # keras-hub's name for the self-attention sublayer.
     _self_attention_name = "self_attention_layer"
@@ -125,6 +131,7 @@ class TransformerEncoder(keras.layers.Layer):
             dropout=self.dropout,
             pattern=self.pattern,
             block_size=self.block_size,
+            score=self.score,
             dtype=self.dtype_policy,
             name=self._self_attention_name,
             **self._initializers(),
@@ -264,4 +271,5 @@ class TransformerEncoder(keras.layers.Layer):
             "normalize_first": self.normalize_first,
             "pattern": str(self.pattern),
             "block_size": self.block_size,
+            "score": score_config(self.score),
         }

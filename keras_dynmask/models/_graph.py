@@ -8,6 +8,8 @@ import keras
 
 from keras_dynmask.core.parsing import as_pattern
 from keras_dynmask.core.patterns import PATTERN_INPUTS
+from keras_dynmask.core.scores import ALiBi
+from keras_dynmask.core.scores import as_scores
 from keras_dynmask.layers import TokenEmbedding
 from keras_dynmask.layers import TransformerBlock
 
@@ -32,6 +34,29 @@ class Graph(NamedTuple):
     norm: keras.layers.LayerNormalization
 
 
+POSITIONS = ("sinusoidal", "learned", "alibi", None)
+
+
+def positions_and_score(positions, max_length, score):
+    """The embedding's positions and the blocks' modifiers for a model's
+    `positions` (`"alibi"`: none in the embedding, ALiBi first in every
+    block) and `score`."""
+    if positions not in POSITIONS:
+        raise ValueError(
+            "positions must be 'sinusoidal', 'learned', 'alibi' or None, "
+            f"received positions={positions!r}"
+        )
+    score = as_scores(score)
+    if positions == "alibi":
+        return None, [ALiBi(), *score]
+    if positions == "learned" and max_length is None:
+        raise ValueError(
+            "positions='learned' needs max_length, the rows of its table, "
+            "received max_length=None"
+        )
+    return positions, score
+
+
 def encoder_graph(
     vocabulary_size,
     num_layers,
@@ -41,12 +66,21 @@ def encoder_graph(
     pattern,
     pad_id,
     dropout,
+    positions="sinusoidal",
+    max_length=None,
+    score=None,
 ):
     """The inputs, the blocks and the hidden states `(B, T, D)`."""
     pattern = as_pattern(pattern)
     inputs = inputs_for(pattern)
+    positions, score = positions_and_score(positions, max_length, score)
     embedding = TokenEmbedding(
-        vocabulary_size, hidden_dim, pad_id=pad_id, name="token_embedding"
+        vocabulary_size,
+        hidden_dim,
+        pad_id=pad_id,
+        positions=positions,
+        max_length=max_length,
+        name="token_embedding",
     )
     x = keras.layers.Dropout(dropout)(embedding(inputs["token_ids"]))
     settings = {
@@ -54,6 +88,7 @@ def encoder_graph(
         "intermediate_dim": intermediate_dim,
         "pattern": pattern,
         "dropout": dropout,
+        "score": score,
     }
     per_example = {k: v for k, v in inputs.items() if k != "token_ids"}
     blocks = [

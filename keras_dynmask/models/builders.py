@@ -22,6 +22,9 @@ def build_encoder(
     pad_id=0,
     dropout=0.1,
     name="encoder",
+    positions="sinusoidal",
+    max_length=None,
+    score=None,
 ):
     """A Transformer encoder: token ids in, `(B, T, hidden_dim)` out.
 
@@ -33,6 +36,13 @@ def build_encoder(
         pad_id: int. Defaults to `0`.
         dropout: float. Defaults to `0.1`.
         name: str. Defaults to `"encoder"`.
+        positions: `"sinusoidal"`, `"learned"` (a table of `max_length`
+            rows), `"alibi"` (no position embedding; ALiBi in every
+            block) or `None`. Defaults to `"sinusoidal"`.
+        max_length: int, only with `positions="learned"`.
+        score: score modifiers for every block (see
+            `MultiHeadAttention`), after ALiBi with `positions="alibi"`.
+            Defaults to `None`.
 
     Returns:
         A functional `keras.Model`. Its input is `token_ids` `(B, T)`, or a
@@ -58,6 +68,9 @@ def build_encoder(
         pattern,
         pad_id,
         dropout,
+        positions=positions,
+        max_length=max_length,
+        score=score,
     )
     return keras.Model(graph.inputs, graph.hidden, name=name)
 
@@ -72,6 +85,9 @@ def build_causal_lm(
     pad_id=0,
     dropout=0.1,
     name="causal_lm",
+    positions="sinusoidal",
+    max_length=None,
+    score=None,
 ):
     """A decoder-only language model: token ids in, next-token logits out.
 
@@ -99,6 +115,9 @@ def build_causal_lm(
         pad_id=pad_id,
         dropout=dropout,
         name=name,
+        positions=positions,
+        max_length=max_length,
+        score=score,
     )
 
 

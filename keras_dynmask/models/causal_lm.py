@@ -13,6 +13,8 @@ from keras import ops
 
 from keras_dynmask.core._checks import check_int
 from keras_dynmask.core.parsing import as_pattern
+from keras_dynmask.core.scores import as_scores
+from keras_dynmask.core.scores import score_config
 from keras_dynmask.models._graph import encoder_graph
 
 
@@ -34,6 +36,15 @@ class CausalLM(keras.Model):
         pad_id: int. Defaults to `0`.
         dropout: float. Defaults to `0.1`.
         name: str. Defaults to `"causal_lm"`.
+        positions: `"sinusoidal"` (added to the embeddings, any length),
+            `"learned"` (a table of `max_length` rows), `"alibi"` (no
+            position embedding: ALiBi in every block, so any length) or
+            `None`. Defaults to `"sinusoidal"`.
+        max_length: int. Rows of the learned table; only with
+            `positions="learned"`.
+        score: score modifiers for every block's self-attention (see
+            `MultiHeadAttention`), after ALiBi with `positions="alibi"`.
+            Defaults to `None`.
 
     Its input is `token_ids` `(B, T)`, or a dict that adds the per-example
     inputs the pattern reads; its output is logits `(B, T,
@@ -65,6 +76,9 @@ class CausalLM(keras.Model):
         pad_id=0,
         dropout=0.1,
         name="causal_lm",
+        positions="sinusoidal",
+        max_length=None,
+        score=None,
         **kwargs,
     ):
         pattern = as_pattern(pattern)
@@ -77,6 +91,9 @@ class CausalLM(keras.Model):
             "pattern": str(pattern),
             "pad_id": pad_id,
             "dropout": dropout,
+            "positions": positions,
+            "max_length": max_length,
+            "score": score_config(as_scores(score)),
         }
         graph = encoder_graph(**{**config, "pattern": pattern})
         super().__init__(
