@@ -34,13 +34,18 @@ in the JSON file, so an interrupted run resumes where it stopped.
 """
 
 import argparse
-import json
 import os
 import pathlib
 import re
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from _experiment import resumed_runs  # noqa: E402
+from _experiment import save_figure  # noqa: E402
+from _experiment import save_runs  # noqa: E402
+from _experiment import spread  # noqa: E402
+from _experiment import write_text  # noqa: E402
 
 STRATEGIES = ("static", "dynamic", "decaying", "40%", "whole-word", "span")
 FLOOR = "random init"
@@ -228,7 +233,7 @@ def main():
     output.mkdir(parents=True, exist_ok=True)
     record = output / "masking_strategies.json"
     settings = settings_of(args)
-    runs = _resumed(record, settings)
+    runs = resumed_runs(record, settings)
     tokenizer, data_sets, tasks = prepare(settings)
     sequences = len(data_sets["pretrain"])
     passes = settings["steps"] * settings["batch_size"] / sequences
@@ -257,7 +262,7 @@ def main():
                 for name, task in tasks.items()
             }
             runs[key] = {"masked_lm_loss": loss, "accuracy": accuracy}
-            _write(record, {"settings": settings, "runs": runs})
+            save_runs(record, settings, runs)
             scores = ", ".join(f"{n} {a:.3f}" for n, a in accuracy.items())
             shown = "" if loss is None else f"held-out loss {loss:.3f}, "
             print(
@@ -267,7 +272,7 @@ def main():
             )
 
     table = _table(runs, args, settings, tasks)
-    _write_text(output / "masking_strategies.md", table)
+    write_text(output / "masking_strategies.md", table)
     _plot(runs, args, output / "masking_strategies.png")
     print(table)
     print(f"Wrote {output / 'masking_strategies.md'}, the plot and the runs")
@@ -440,31 +445,6 @@ def word_order_task(labelled, count, tokenizer):
     return task
 
 
-def _resumed(record, settings):
-    """The runs of an interrupted run with the same settings."""
-    if not record.exists():
-        return {}
-    saved = json.loads(record.read_text())
-    if saved.get("settings") != settings:
-        return {}
-    print(
-        f"Resuming: {len(saved['runs'])} runs already in {record} "
-        "(delete it to start over)"
-    )
-    return saved["runs"]
-
-
-def _write(path, value):
-    _write_text(path, json.dumps(value, indent=1) + "\n")
-
-
-def _write_text(path, text):
-    """Whole or not at all: a killed write leaves the old file."""
-    temporary = path.with_name(f".{path.name}.writing")
-    temporary.write_text(text)
-    os.replace(temporary, path)
-
-
 def _values(runs, strategy, seeds, task=None):
     import numpy as np
 
@@ -472,15 +452,6 @@ def _values(runs, strategy, seeds, task=None):
     if task is None:
         return np.array([r["masked_lm_loss"] for r in results])
     return np.array([r["accuracy"][task] for r in results])
-
-
-def _spread(values, signed=False):
-    """`mean ± sample standard deviation`."""
-    import numpy as np
-
-    deviation = np.std(values, ddof=1) if len(values) > 1 else 0.0
-    sign = "+" if signed else ""
-    return f"{np.mean(values):{sign}.3f} ± {deviation:.3f}"
 
 
 def _table(runs, args, settings, tasks):
@@ -517,9 +488,9 @@ def _table(runs, args, settings, tasks):
         loss = (
             "n/a"
             if strategy == FLOOR
-            else _spread(_values(runs, strategy, seeds))
+            else spread(_values(runs, strategy, seeds))
         )
-        cells = [_spread(_values(runs, strategy, seeds, t)) for t in TASKS]
+        cells = [spread(_values(runs, strategy, seeds, t)) for t in TASKS]
         lines.append(f"| {strategy} | {loss} | {' | '.join(cells)} |")
     cells = " | ".join(f"{majority[t]:.3f}" for t in TASKS)
     lines.append(f"| majority class | | {cells} |")
@@ -540,7 +511,7 @@ def _table(runs, args, settings, tasks):
         wins = int(np.sum(better(dynamic, static)))
         lines.append(
             f"| {label} | {', '.join(f'{d:+.3f}' for d in difference)} | "
-            f"{_spread(difference, signed=True)} | "
+            f"{spread(difference, signed=True)} | "
             f"{wins} of {len(seeds)} |"
         )
     lines += [
@@ -558,7 +529,7 @@ def _table(runs, args, settings, tasks):
                 runs, FLOOR, seeds, task
             )
             above = int(np.sum(gain > 0))
-            cells.append(f"{_spread(gain, signed=True)} ({above}/{len(seeds)})")
+            cells.append(f"{spread(gain, signed=True)} ({above}/{len(seeds)})")
         lines.append(f"| {strategy} | {' | '.join(cells)} |")
     return "\n".join(lines) + "\n"
 
@@ -594,10 +565,7 @@ def _plot(runs, args, path):
         "from random initialization",
         fontsize=10,
     )
-    # Whole or not at all, as the table.
-    temporary = path.with_name(f".{path.name}.writing")
-    figure.savefig(temporary, dpi=120, format="png")
-    os.replace(temporary, path)
+    save_figure(figure, path)
 
 
 if __name__ == "__main__":

@@ -228,6 +228,43 @@ def test_a_causal_lm_with_alibi_and_a_relative_bias_decodes_as_it_reads():
     np.testing.assert_allclose(np.concatenate(steps, 1), whole, atol=1e-4)
 
 
+def test_a_seq2seq_with_alibi_decodes_as_it_reads_and_saves(tmp_path):
+    keras.utils.set_random_seed(5)
+    model = kd.models.build_seq2seq(
+        30,
+        40,
+        num_layers=1,
+        num_heads=2,
+        hidden_dim=8,
+        intermediate_dim=16,
+        dropout=0.0,
+        positions="alibi",
+        score="relative(8, 16)",
+    )
+    blocks = [*model.encoder_blocks, *model.decoder_blocks]
+    for block in blocks:
+        scores = [str(m) for m in block.self_attention.score]
+        assert scores == ["alibi", "relative(8, 16)"]
+        for table in block.self_attention.score_variables.values():
+            table.assign(np.random.default_rng(0).normal(size=table.shape))
+    source = np.array([[5, 6, 7, 0], [8, 9, 0, 0]])
+    target = np.array([[1, 8, 9, 10, 11], [1, 12, 13, 0, 0]])
+    whole = to_numpy(model({"source_ids": source, "target_ids": target}))
+    cache = model.init_cache(source, max_length=5)
+    first, cache = model.call_with_cache(target[:, :2], cache, 0)
+    steps = [to_numpy(first)]
+    for t in range(2, 5):
+        step, cache = model.call_with_cache(target[:, t : t + 1], cache, t)
+        steps.append(to_numpy(step))
+    decoded = np.concatenate(steps, 1)
+    real = target != 0
+    np.testing.assert_allclose(decoded[real], whole[real], atol=1e-4)
+    model.save(tmp_path / "seq2seq.keras")
+    loaded = keras.saving.load_model(tmp_path / "seq2seq.keras")
+    again = loaded({"source_ids": source, "target_ids": target})
+    np.testing.assert_allclose(to_numpy(again), whole, atol=1e-6)
+
+
 def test_grouped_query_attention_takes_modifiers_per_query_head():
     keras.utils.set_random_seed(0)
     gqa = kd.GroupedQueryAttention(

@@ -34,7 +34,9 @@ def softmax_attention(
     the compute dtype is float32; others (a soft cap, a function), and any
     modifier under float16 or bfloat16 (where the kernel would add the
     bias in that precision: an ALiBi bias of -500.5 is -500 in bfloat16),
-    take the written-out steps.
+    take the written-out steps. On TensorFlow, ALiBi under a causal
+    pattern (`Scoring.folded`) is one more feature of each query and key
+    head instead: its bias comes with the scores' product.
 
     Args:
         query_heads: `(B, T, N, H)`, already scaled.
@@ -53,6 +55,13 @@ def softmax_attention(
     wanted = weights
     # Keras' fused path under JAX needs one head size for keys and values.
     same_sizes = key_heads.shape[-1] == value_heads.shape[-1]
+    if score is not None and keras.backend.backend() == "tensorflow":
+        # ALiBi under a causal pattern rides in the scores' product (on
+        # TensorFlow, whose kernel takes queries and keys longer than the
+        # values).
+        folded = score.folded(query_heads, key_heads)
+        if folded is not None:
+            query_heads, key_heads, score = folded
     fused = score is None or (
         score.additive
         and keras.backend.standardize_dtype(query_heads.dtype) == "float32"

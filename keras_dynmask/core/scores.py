@@ -72,6 +72,13 @@ class Score:
         (scalar, or `(B|1, 1)`); `None` when the bias has no such form."""
         return None
 
+    def key_features(self, num_heads, key_positions, reference):
+        """`key_bias` as a product, or `None`: float32 `(N,)` per head and
+        `(B|1, S)` per key whose product is `key_bias`, so that a query
+        and key one feature longer carry the bias through their dot
+        product."""
+        return None
+
     def apply(
         self, scores, query_positions, key_positions, variables=None, batch=None
     ):
@@ -183,6 +190,13 @@ class ALiBi(Score):
         return -slopes * ops.cast(distance, "float32")
 
     def key_bias(self, num_heads, key_positions, reference, variables):
+        slopes, distance = self.key_features(
+            num_heads, key_positions, reference
+        )
+        slopes = ops.reshape(slopes, (1, -1, 1, 1))
+        return slopes * ops.expand_dims(ops.expand_dims(distance, 1), 1)
+
+    def key_features(self, num_heads, key_positions, reference):
         # Keys at or before the query: -slope * (q - k) is slope * k less a
         # constant per query; measured from `reference` (the last query)
         # the keys near each query stay near 0, where float32 is finest.
@@ -191,10 +205,7 @@ class ALiBi(Score):
         key = ops.cast(key_positions, "int32")
         key = key[None] if len(key.shape) == 1 else key
         distance = ops.cast(key - ops.cast(reference, "int32"), "float32")
-        slopes = ops.reshape(
-            ops.convert_to_tensor(slopes, "float32"), (1, -1, 1, 1)
-        )
-        return slopes * ops.expand_dims(ops.expand_dims(distance, 1), 1)
+        return ops.convert_to_tensor(slopes, "float32"), distance
 
     def get_config(self):
         return {"slopes": self.slopes}
@@ -444,7 +455,8 @@ class Scoring:
         causal: bool. Whether no visible key ever follows its query (the
             layer's pattern is bounded by `causal`): additive modifiers
             may then give a per-key bias (`Score.key_bias`), which the
-            kernel broadcasts instead of reading a `(T, S)` one.
+            kernel broadcasts instead of reading a `(T, S)` one, or ride
+            in the scores' product (`folded`).
     """
 
     def __init__(self, modifiers, variables=None, causal=False):
@@ -481,6 +493,62 @@ class Scoring:
             self.positions[2],
         )
 
+    def _reference(self):
+        """int32 `(B|1, 1)`: the last query of each row. The keys near
+        every query lie within the queries' span of it."""
+        query_positions = self.positions[0]
+        return ops.max(
+            ops.reshape(
+                ops.cast(query_positions, "int32"),
+                (-1, ops.shape(query_positions)[-1]),
+            ),
+            axis=-1,
+            keepdims=True,
+            initial=0,  # no queries (no tiles kept): any will do
+        )
+
+    def folded(self, query_heads, key_heads):
+        """`(query_heads, key_heads, rest)` with the per-key modifiers
+        (`Score.key_features`: ALiBi under a causal pattern) carried by
+        one more feature per head, so the scores' product adds their bias
+        with no pass of its own; `rest` places the other modifiers (or is
+        `None`). `None` when nothing folds: not `causal`, a modifier that
+        is not additive (the dropped constant would then matter), or heads
+        that are not float32 (a position in bfloat16 is exact only to
+        256)."""
+        dtype = keras.backend.standardize_dtype(query_heads.dtype)
+        if not (self.causal and self.additive and dtype == "float32"):
+            return None
+        num_heads = query_heads.shape[2]
+        _, key_positions, _ = self.positions
+        reference = self._reference()
+        found = {}
+        for index, modifier in enumerate(self.modifiers):
+            features = modifier.key_features(
+                num_heads, key_positions, reference
+            )
+            if features is not None:
+                found[index] = features
+        if not found:
+            return None
+        # (B, T, N, n) per head and (B, S, N, n) per key.
+        per_head = ops.stack([f[0] for f in found.values()], -1)
+        per_key = ops.stack([f[1] for f in found.values()], -1)
+        query_extra = ops.broadcast_to(
+            per_head, (*ops.shape(query_heads)[:2], *per_head.shape)
+        )
+        key_extra = ops.broadcast_to(
+            ops.expand_dims(per_key, 2),
+            (*ops.shape(key_heads)[:3], len(found)),
+        )
+        rest = [m for i, m in enumerate(self.modifiers) if i not in found]
+        rest = Scoring(rest, self.variables, self.causal) if rest else None
+        return (
+            ops.concatenate([query_heads, query_extra], axis=-1),
+            ops.concatenate([key_heads, key_extra], axis=-1),
+            rest and rest.at(*self.positions),
+        )
+
     def bias(self, num_heads):
         """float32 `(B|1, N, T|1, S)`: the sum of the additive modifiers'
         biases (per key where `causal` allows it), or `None` without
@@ -490,17 +558,7 @@ class Scoring:
         for modifier in self.modifiers:
             bias = None
             if self.causal:
-                # The last query of each row: the keys near every query lie
-                # within the queries' span of it.
-                reference = ops.max(
-                    ops.reshape(
-                        ops.cast(query_positions, "int32"),
-                        (-1, ops.shape(query_positions)[-1]),
-                    ),
-                    axis=-1,
-                    keepdims=True,
-                    initial=0,  # no queries (no tiles kept): any will do
-                )
+                reference = self._reference()
                 bias = modifier.key_bias(
                     num_heads, key_positions, reference, self.variables
                 )

@@ -131,6 +131,9 @@ def build_seq2seq(
     pad_id=0,
     dropout=0.1,
     name="seq2seq",
+    positions="sinusoidal",
+    max_length=None,
+    score=None,
 ):
     """An encoder-decoder: source and target ids in, target logits out.
 
@@ -146,6 +149,8 @@ def build_seq2seq(
         pad_id: int. The padding id of both sides. Defaults to `0`.
         dropout: float. Defaults to `0.1`.
         name: str.
+        positions, max_length, score: as for `build_encoder`, on both
+            sides (the cross-attention has no modifiers).
 
     Returns:
         A `Seq2Seq`: a functional `keras.Model` with inputs `{"source_ids":
@@ -165,6 +170,9 @@ def build_seq2seq(
         pad_id=pad_id,
         dropout=dropout,
         name=name,
+        positions=positions,
+        max_length=max_length,
+        score=score,
     )
 
 

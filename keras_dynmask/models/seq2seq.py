@@ -13,8 +13,11 @@ import keras
 from keras import ops
 
 from keras_dynmask.core._checks import check_int
+from keras_dynmask.core.scores import as_scores
+from keras_dynmask.core.scores import score_config
 from keras_dynmask.layers import TokenEmbedding
 from keras_dynmask.layers import TransformerBlock
+from keras_dynmask.models._graph import positions_and_score
 
 
 @keras.saving.register_keras_serializable(package="keras_dynmask")
@@ -36,6 +39,11 @@ class Seq2Seq(keras.Model):
         pad_id: int. The padding id of both sides. Defaults to `0`.
         dropout: float. Defaults to `0.1`.
         name: str. Defaults to `"seq2seq"`.
+        positions, max_length, score: as for `CausalLM`, on both sides
+            (`"alibi"`: no position embedding, ALiBi in every block's
+            self-attention, bidirectional in the encoder, causal in the
+            decoder; the cross-attention has no modifiers). Default to
+            `"sinusoidal"`, `None`, `None`.
 
     Its input is `{"source_ids": (B, S), "target_ids": (B, T)}`; its output
     is logits `(B, T, target_vocabulary_size)` (the output projection is the
@@ -66,6 +74,9 @@ class Seq2Seq(keras.Model):
         pad_id=0,
         dropout=0.1,
         name="seq2seq",
+        positions="sinusoidal",
+        max_length=None,
+        score=None,
         **kwargs,
     ):
         config = {
@@ -81,6 +92,9 @@ class Seq2Seq(keras.Model):
             "intermediate_dim": intermediate_dim,
             "pad_id": pad_id,
             "dropout": dropout,
+            "positions": positions,
+            "max_length": max_length,
+            "score": score_config(as_scores(score)),
         }
         inputs, logits = _graph(**config)
         super().__init__(inputs, logits, name=name, **kwargs)
@@ -218,14 +232,20 @@ def _graph(
     intermediate_dim,
     pad_id,
     dropout,
+    positions,
+    max_length,
+    score,
 ):
     """The inputs and the logits of the encoder-decoder graph."""
+    positions, score = positions_and_score(positions, max_length, score)
     source = keras.Input((None,), dtype="int32", name="source_ids")
     target = keras.Input((None,), dtype="int32", name="target_ids")
     x = TokenEmbedding(
         source_vocabulary_size,
         hidden_dim,
         pad_id=pad_id,
+        positions=positions,
+        max_length=max_length,
         name="source_embedding",
     )(source)
     x = keras.layers.Dropout(dropout)(x)
@@ -233,6 +253,7 @@ def _graph(
         "num_heads": num_heads,
         "intermediate_dim": intermediate_dim,
         "dropout": dropout,
+        "score": score,
     }
     for index in range(num_layers):
         x = TransformerBlock(name=f"encoder_block_{index}", **common)(x)
@@ -243,6 +264,8 @@ def _graph(
         target_vocabulary_size,
         hidden_dim,
         pad_id=pad_id,
+        positions=positions,
+        max_length=max_length,
         name="target_embedding",
     )
     y = keras.layers.Dropout(dropout)(embedding(target))
