@@ -335,6 +335,8 @@ class PatternAttention:
                 heads, mask, training, return_attention_scores
             )
             has_key = rows_with_keys(mask, query_heads)
+        # A later direct `_compute_attention` call starts from position 0.
+        object.__setattr__(self, "_score_offset", 0)
         if getattr(self, "_gate_dense", None) is not None:
             attended = attended * self._gate_dense(without_mask(query))
         output = self._output_dense(attended)
