@@ -24,6 +24,7 @@ def main():
     from benchmarks import scores
     from benchmarks import targets
     from benchmarks import train_step
+    from benchmarks import written_out
     from keras_dynmask.tf import quiet
 
     quiet.start_devices()
@@ -45,6 +46,8 @@ def main():
     print("\n".join(scaling.run(quick=args.quick)))
     print()
     print("\n".join(attention.run(quick=args.quick)))
+    print()
+    print("\n".join(written_out.run(quick=args.quick)))
     print()
     print("\n".join(scores.run(quick=args.quick)))
     print()

@@ -33,3 +33,10 @@ def interleaved_medians(functions, repeats, warmup, rounds=5):
                 function()
                 times[name].append(time.perf_counter() - start)
     return {name: statistics.median(values) for name, values in times.items()}
+
+
+def calls_at(length, repeats, short=512):
+    """How many calls to time at sequence `length`: `repeats`, and 8
+    times as many up to `short` positions, where calls of a few
+    milliseconds vary more between calls."""
+    return repeats * (8 if length <= short else 1)

@@ -10,8 +10,8 @@ import keras_dynmask as kd
 from keras_dynmask.attention import block_sparse
 from keras_dynmask.attention import tile_mask
 from keras_dynmask.attention.softmax import softmax_attention
+from keras_dynmask.core.patterns import within_causal
 from keras_dynmask.core.scores import Scoring
-from keras_dynmask.layers._pattern_attention import _within_causal
 from keras_dynmask.layers.attention_mask import call_attention_mask
 from tests.helpers import random_tables
 from tests.helpers import score_modifiers
@@ -136,7 +136,9 @@ def test_equals_dense_with_score_modifiers(data):
     q, k, v, inputs = _inputs(batch, length, seed)
     rng = np.random.default_rng(seed)
     scoring = Scoring(
-        modifiers, random_tables(modifiers, 2, rng), _within_causal(pattern)
+        modifiers,
+        random_tables(modifiers, 2, rng),
+        within_causal(pattern),
     )
     padding = np.arange(length)[None] < np.array(lengths)[:, None]
     mask = _dense(pattern, q, k, padding, inputs)

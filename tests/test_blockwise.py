@@ -10,8 +10,8 @@ from keras import ops
 import keras_dynmask as kd
 from keras_dynmask.attention import blockwise
 from keras_dynmask.attention.softmax import softmax_attention
+from keras_dynmask.core.patterns import within_causal
 from keras_dynmask.core.scores import Scoring
-from keras_dynmask.layers._pattern_attention import _within_causal
 from keras_dynmask.layers.attention_mask import call_attention_mask
 from tests.helpers import input_gradient
 from tests.helpers import random_tables
@@ -102,7 +102,9 @@ def test_blockwise_equals_dense_for_random_patterns(data):
         st.lists(st.sampled_from(score_modifiers()), max_size=3)
     )
     scoring = Scoring(
-        modifiers, random_tables(modifiers, 2, rng), _within_causal(pattern)
+        modifiers,
+        random_tables(modifiers, 2, rng),
+        within_causal(pattern),
     )
     positions = np.arange(length, dtype="int32")
     want_attended, want_rows, _ = softmax_attention(

@@ -13,6 +13,7 @@ from keras import ops
 import keras_dynmask as kd
 from keras_dynmask.attention import block_sparse
 from keras_dynmask.attention import blockwise
+from keras_dynmask.attention import softmax
 from keras_dynmask.layers import _pattern_attention
 from keras_dynmask.layers import multi_head_attention
 from tests.helpers import to_numpy
@@ -296,6 +297,40 @@ def test_grouped_query_attention_takes_modifiers_per_query_head():
     _, cache = gqa(x[:, :8], x[:, :8], cache=cache, cache_index=0)
     step, _ = gqa(x[:, 8:], x[:, 8:], cache=cache, cache_index=8)
     np.testing.assert_allclose(to_numpy(step)[:, 0], whole[:, 8], atol=2e-5)
+
+
+@pytest.mark.parametrize(
+    "score, divided",
+    [
+        ("alibi", True),
+        ("alibi, relative(8, 16)", True),  # the mask rides in the table
+        ("alibi, softcap(2)", True),  # the mask comes after the cap
+        ("alibi(-0.5, -0.25, -0.125, -1e-3)", True),  # the other sign
+        ("alibi(0.5, -0.25, 0.125, 0.0625)", False),  # mixed signs
+    ],
+)
+def test_divided_alibi_equals_the_oracle(score, divided, monkeypatch):
+    """Bidirectional ALiBi with padding, one example all padding: on
+    TensorFlow the queries are divided by their head's slope
+    (`_divided_scores`) where the slopes share a sign."""
+    layer = _layer("bidirectional", score)
+    x, padding, _ = _inputs(20)
+    padding[0, 14:] = False
+    padding[1] = False
+    calls = []
+    original = softmax._divided_scores
+    monkeypatch.setattr(
+        softmax,
+        "_divided_scores",
+        lambda *a: calls.append(1) or original(*a),
+    )
+    got = to_numpy(layer(x, x, query_mask=padding, value_mask=padding))
+    mask = padding[:, :, None] & padding[:, None, :]
+    want, _ = _oracle(layer, x, x, mask, np.arange(20), np.arange(20))
+    np.testing.assert_allclose(got, want, atol=2e-5)
+    np.testing.assert_array_equal(got[1], 0.0)
+    if TENSORFLOW:
+        assert bool(calls) == divided
 
 
 @pytest.mark.parametrize("path", sorted(PATHS))

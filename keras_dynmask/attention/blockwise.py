@@ -225,7 +225,8 @@ def attention(
         score = score.at(
             _per_block(query_positions, batch),
             _per_block(key_positions, batch),
-            _per_block(ops.zeros((count, 1), "int32"), batch, True)[:, 0],
+            # The example each block row belongs to.
+            ops.repeat(ops.arange(batch, dtype="int32"), count),
         )
     attended, _, _ = softmax_attention(
         query_blocks,
@@ -241,16 +242,12 @@ def attention(
     return attended[:, :length], has_key[:, :length]
 
 
-def _per_block(positions, batch, add_example=False):
-    """`(B * count, n)` from the `(count, n)` positions of each block (plus
-    the index of each example, with `add_example`)."""
+def _per_block(positions, batch):
+    """`(B * count, n)` from the `(count, n)` positions of each block."""
     count, size = ops.shape(positions)[0], ops.shape(positions)[1]
     positions = ops.broadcast_to(
         ops.expand_dims(positions, 0), (batch, count, size)
     )
-    if add_example:
-        example = ops.reshape(ops.arange(batch, dtype="int32"), (-1, 1, 1))
-        positions = positions + example
     return ops.reshape(positions, (batch * count, size))
 
 

@@ -34,9 +34,15 @@ def softmax_attention(
     the compute dtype is float32; others (a soft cap, a function), and any
     modifier under float16 or bfloat16 (where the kernel would add the
     bias in that precision: an ALiBi bias of -500.5 is -500 in bfloat16),
-    take the written-out steps. On TensorFlow, ALiBi under a causal
-    pattern (`Scoring.folded`) is one more feature of each query and key
-    head instead: its bias comes with the scores' product.
+    take the written-out steps. On TensorFlow (whose kernel writes its
+    steps out too), ALiBi under a causal pattern (`Scoring.folded`) is one
+    more feature of each query and key head instead: its bias comes with
+    the scores' product; under other patterns the queries are divided by
+    their head's slope (`_divided_scores`).
+
+    The written-out scores are the product of the queries by the keys,
+    in that order: TensorFlow's einsum took 3x as long for the keys by
+    the queries (stock Keras' order) at T = 4,096 on a CPU.
 
     Args:
         query_heads: `(B, T, N, H)`, already scaled.
@@ -62,10 +68,11 @@ def softmax_attention(
         folded = score.folded(query_heads, key_heads)
         if folded is not None:
             query_heads, key_heads, score = folded
-    fused = score is None or (
-        score.additive
-        and keras.backend.standardize_dtype(query_heads.dtype) == "float32"
-    )
+    float32 = keras.backend.standardize_dtype(query_heads.dtype) == "float32"
+    divided = _divisible(score, query_heads)
+    # TensorFlow's kernel writes its steps out too: ALiBi costs less
+    # divided (`_divided_scores`) than as its bias.
+    fused = (score is None or (score.additive and float32)) and not divided
     if dropout is None and not wanted and same_sizes and fused:
         mask = None if mask is None else _spelled_out(mask, query_heads)
         bias = None
@@ -86,14 +93,13 @@ def softmax_attention(
             attended = ops.where(per_position(has_key), attended, 0.0)
         return attended, has_key, None
     # (B, N, T, S), normalized in float32 for every compute dtype.
-    scores = ops.cast(
-        ops.einsum("bsnh,btnh->bnts", key_heads, query_heads), "float32"
+    scores, masked = _modified_scores(
+        query_heads, key_heads, score, mask, divided
     )
-    if score is not None:
-        scores = score(scores)
     if mask is not None:
         head_mask = _per_head(mask)
-        scores = ops.where(head_mask, scores, MASKED_SCORE)
+        if not masked:
+            scores = ops.where(head_mask, scores, MASKED_SCORE)
     if scores.shape[-1] == 1:
         # One key: its weight is 1 (Keras warns on a softmax of size 1).
         weights = ops.ones_like(scores)
@@ -109,6 +115,76 @@ def softmax_attention(
         # Cheaper than zeroing such rows' weights: one (B, T, N, H) pass.
         attended = ops.where(per_position(has_key), attended, 0.0)
     return attended, has_key, weights if wanted else None
+
+
+def _divisible(score, query_heads):
+    """`score.divided(...)` where `_divided_scores` serves: on TensorFlow
+    (elsewhere the kernel takes the bias fused), float32 (queries divided
+    by a slope of 2**-8 in float16 would overflow); else `None`."""
+    if (
+        score is None
+        or keras.backend.backend() != "tensorflow"
+        or keras.backend.standardize_dtype(query_heads.dtype) != "float32"
+    ):
+        return None
+    return score.divided(query_heads.shape[2])
+
+
+def _modified_scores(query_heads, key_heads, score, mask, divided):
+    """`(scores, masked)`: the float32 scores `(B, N, T, S)` modified by
+    `score` (placed, or `None`; `divided` is `_divisible(score, ...)`),
+    and whether `mask` (or `None`) is in them already (hidden keys at
+    `MASKED_SCORE` or below)."""
+    if divided is not None:
+        return _divided_scores(query_heads, key_heads, mask, *divided)
+    prescaled = None if score is None else score.prescaled()
+    if prescaled is not None:
+        # A soft cap's 1 / cap rides on the queries: a pass less (the
+        # layer with `softcap(30)` at T = 4,096 on 2 CPU cores: 1.20x its
+        # plain time, against 1.26x).
+        divisor, first, score = prescaled
+        query_heads = query_heads * (1.0 / divisor)
+    scores = ops.cast(
+        ops.einsum("btnh,bsnh->bnts", query_heads, key_heads), "float32"
+    )
+    if prescaled is not None:
+        scores = first(scores)
+    if score is not None:
+        scores = score(scores)
+    return scores, False
+
+
+def _divided_scores(query_heads, key_heads, mask, factors, table, rest):
+    """`_modified_scores` where the first modifier is `factors[h] * table`
+    (`Scoring.divided`: ALiBi): the queries divided by their head's
+    factor, the table added and the product multiplied back, which is two
+    passes over the scores where building the bias, adding it and hiding
+    keys take three (a layer with ALiBi at T = 4,096 on 2 CPU cores:
+    1.29x-1.43x its plain time as a bias, 1.14x-1.24x divided;
+    benchmarks/README.md). The mask rides in the table, unless a later
+    modifier is not additive (a soft cap would lift a hidden score back
+    into range)."""
+    per_head = ops.convert_to_tensor(factors, "float32")
+    scores = ops.einsum(
+        "btnh,bsnh->bnts",
+        query_heads / ops.reshape(per_head, (-1, 1)),
+        key_heads,
+    )
+    # A hidden key's entry takes its score to MASKED_SCORE or below in
+    # every head: -1e9 / (the smallest factor, with their sign).
+    smallest = min(abs(f) for f in factors)
+    hidden = MASKED_SCORE / (smallest if factors[0] > 0 else -smallest)
+    masked = (
+        mask is not None
+        and (rest is None or rest.additive)
+        and abs(hidden) < 1e30
+    )
+    if masked:
+        table = ops.where(_per_head(mask), table, hidden)
+    scores = (scores + table) * ops.reshape(per_head, (1, -1, 1, 1))
+    if rest is not None:
+        scores = rest(scores)
+    return scores, masked
 
 
 def single_query_attention(

@@ -665,3 +665,22 @@ class Not(Pattern):
         if self.pattern._precedence < self._precedence:
             text = f"({text})"
         return f"~{text}"
+
+
+def within_causal(pattern):
+    """Whether `pattern` never shows a key after its query whatever the
+    variables a layer holds for it: `causal`, ANDed with anything, or an
+    OR of such. Read from the structure alone, unlike `hides_future`, so
+    a scheduled window cannot change the answer (and `~backward`, which
+    hides the future too, is not recognized).
+
+    >>> within_causal(Causal() & Window(3)), within_causal(Causal() | Prefix(2))
+    (True, False)
+    """
+    if isinstance(pattern, Causal):
+        return True
+    if isinstance(pattern, And):
+        return any(within_causal(p) for p in pattern.patterns)
+    if isinstance(pattern, Or):
+        return all(within_causal(p) for p in pattern.patterns)
+    return False

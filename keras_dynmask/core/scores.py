@@ -51,6 +51,9 @@ class Score:
     """
 
     additive = True
+    # The constant `apply` first divides the scores by (a soft cap's), so
+    # that the queries can be divided instead (`apply_divided`), or `None`.
+    divisor = None
 
     def weight_shapes(self, num_heads):
         """`{name: shape}` of the weights the holding layer creates (zeros
@@ -69,14 +72,27 @@ class Score:
         """For keys that never follow their query: float32 `(B|1, N, 1, S)`
         equal to `bias` up to a term constant along each query's row
         (which a softmax ignores), measured from the position `reference`
-        (scalar, or `(B|1, 1)`); `None` when the bias has no such form."""
-        return None
+        (scalar, or `(B|1, 1)`); `None` when the bias has no such form.
+        By default, the product of `key_features` where there are some."""
+        features = self.key_features(num_heads, key_positions, reference)
+        if features is None:
+            return None
+        per_head, per_key = features
+        per_head = ops.reshape(per_head, (1, -1, 1, 1))
+        return per_head * ops.expand_dims(ops.expand_dims(per_key, 1), 1)
 
     def key_features(self, num_heads, key_positions, reference):
         """`key_bias` as a product, or `None`: float32 `(N,)` per head and
         `(B|1, S)` per key whose product is `key_bias`, so that a query
         and key one feature longer carry the bias through their dot
         product."""
+        return None
+
+    def head_scaled(self, num_heads, query_positions, key_positions):
+        """`bias` as one table times a factor per head, or `None`:
+        `(factors, table)`, a list of `num_heads` floats (known when
+        tracing) and a float32 `(B|1, 1, T, S)` table, with `bias ==
+        factor[h] * table`."""
         return None
 
     def apply(
@@ -98,6 +114,12 @@ class Score:
         )
         return scores + bias
 
+    def apply_divided(
+        self, scores, query_positions, key_positions, variables=None, batch=None
+    ):
+        """`apply` of scores already divided by `divisor`."""
+        raise NotImplementedError
+
     def get_config(self):
         return {}
 
@@ -117,10 +139,10 @@ class Score:
         return f"<{type(self).__name__} {self}>"
 
 
-def _distances(query_positions, key_positions):
-    """int32 `(B|1, 1, T, S)`: key position minus query position."""
-    query = ops.cast(query_positions, "int32")
-    key = ops.cast(key_positions, "int32")
+def _distances(query_positions, key_positions, dtype="int32"):
+    """`(B|1, 1, T, S)` of `dtype`: key position minus query position."""
+    query = ops.cast(query_positions, dtype)
+    key = ops.cast(key_positions, dtype)
     query = query[None] if len(query.shape) == 1 else query
     key = key[None] if len(key.shape) == 1 else key
     return ops.expand_dims(key[:, None, :] - query[:, :, None], 1)
@@ -181,20 +203,11 @@ class ALiBi(Score):
             )
 
     def bias(self, num_heads, query_positions, key_positions, variables):
-        self.check_heads(num_heads)
-        slopes = self.slopes or alibi_slopes(num_heads)
-        distance = ops.abs(_distances(query_positions, key_positions))
-        slopes = ops.reshape(
-            ops.convert_to_tensor(slopes, "float32"), (-1, 1, 1)
+        factors, distance = self.head_scaled(
+            num_heads, query_positions, key_positions
         )
-        return -slopes * ops.cast(distance, "float32")
-
-    def key_bias(self, num_heads, key_positions, reference, variables):
-        slopes, distance = self.key_features(
-            num_heads, key_positions, reference
-        )
-        slopes = ops.reshape(slopes, (1, -1, 1, 1))
-        return slopes * ops.expand_dims(ops.expand_dims(distance, 1), 1)
+        factors = ops.convert_to_tensor(factors, "float32")
+        return ops.reshape(factors, (-1, 1, 1)) * distance
 
     def key_features(self, num_heads, key_positions, reference):
         # Keys at or before the query: -slope * (q - k) is slope * k less a
@@ -206,6 +219,13 @@ class ALiBi(Score):
         key = key[None] if len(key.shape) == 1 else key
         distance = ops.cast(key - ops.cast(reference, "int32"), "float32")
         return ops.convert_to_tensor(slopes, "float32"), distance
+
+    def head_scaled(self, num_heads, query_positions, key_positions):
+        self.check_heads(num_heads)
+        slopes = self.slopes or alibi_slopes(num_heads)
+        # In float32 from the start (exact to 2**24): one pass less.
+        distance = _distances(query_positions, key_positions, "float32")
+        return [-s for s in slopes], ops.abs(distance)
 
     def get_config(self):
         return {"slopes": self.slopes}
@@ -239,11 +259,20 @@ class SoftCap(Score):
             raise ValueError(f"cap must be a float > 0, received cap={cap!r}")
         self.cap = float(cap)
 
+    @property
+    def divisor(self):
+        return self.cap
+
     def apply(
         self, scores, query_positions, key_positions, variables=None, batch=None
     ):
         # A product, not a quotient: cheaper per score on CPUs.
-        return self.cap * ops.tanh(scores * (1.0 / self.cap))
+        return self.apply_divided(scores * (1.0 / self.cap), None, None)
+
+    def apply_divided(
+        self, scores, query_positions, key_positions, variables=None, batch=None
+    ):
+        return self.cap * ops.tanh(scores)
 
     def get_config(self):
         return {"cap": self.cap}
@@ -542,11 +571,56 @@ class Scoring:
             (*ops.shape(key_heads)[:3], len(found)),
         )
         rest = [m for i, m in enumerate(self.modifiers) if i not in found]
-        rest = Scoring(rest, self.variables, self.causal) if rest else None
         return (
             ops.concatenate([query_heads, query_extra], axis=-1),
             ops.concatenate([key_heads, key_extra], axis=-1),
-            rest and rest.at(*self.positions),
+            self._placed(rest),
+        )
+
+    def divided(self, num_heads):
+        """`(factors, table, rest)` when the first modifier's bias is one
+        table times a factor per head (`Score.head_scaled`: ALiBi), the
+        factors all of one sign; `rest` places the others (or is `None`).
+        Else `None`. Scores of queries divided by their head's factor,
+        plus the table, times the factor, are the modified scores: two
+        passes over them, with the mask folded into the table."""
+        if not self.modifiers:
+            return None
+        query_positions, key_positions, _ = self.positions
+        found = self.modifiers[0].head_scaled(
+            num_heads, query_positions, key_positions
+        )
+        if found is None:
+            return None
+        factors, table = found
+        if not (all(f > 0 for f in factors) or all(f < 0 for f in factors)):
+            return None
+        return factors, table, self._placed(self.modifiers[1:])
+
+    def prescaled(self):
+        """`(divisor, first, rest)` when the first modifier begins by
+        dividing the scores by a constant (`Score.divisor`: a soft cap),
+        so that the queries may be divided instead, one pass less over
+        the scores: `first` modifies scores so divided (a callable),
+        `rest` places the others (or is `None`). Else `None`."""
+        if not self.modifiers or self.modifiers[0].divisor is None:
+            return None
+        modifier = self.modifiers[0]
+        query_positions, key_positions, batch = self.positions
+
+        def first(scores):
+            return modifier.apply_divided(
+                scores, query_positions, key_positions, self.variables, batch
+            )
+
+        return modifier.divisor, first, self._placed(self.modifiers[1:])
+
+    def _placed(self, modifiers):
+        """`modifiers` at these positions, or `None` if there are none."""
+        if not modifiers:
+            return None
+        return Scoring(modifiers, self.variables, self.causal).at(
+            *self.positions
         )
 
     def bias(self, num_heads):
@@ -554,11 +628,11 @@ class Scoring:
         biases (per key where `causal` allows it), or `None` without
         modifiers."""
         query_positions, key_positions, _ = self.positions
+        reference = self._reference() if self.causal else None
         total = None
         for modifier in self.modifiers:
             bias = None
             if self.causal:
-                reference = self._reference()
                 bias = modifier.key_bias(
                     num_heads, key_positions, reference, self.variables
                 )

@@ -174,18 +174,6 @@ def and_masks(mask, other):
     return ops.logical_and(mask, other)
 
 
-def _within_causal(pattern):
-    """Whether `pattern` never shows a key after its query, whatever its
-    variables hold: `causal`, ANDed with anything, or an OR of such."""
-    if isinstance(pattern, patterns.Causal):
-        return True
-    if isinstance(pattern, patterns.And):
-        return any(_within_causal(p) for p in pattern.patterns)
-    if isinstance(pattern, patterns.Or):
-        return all(_within_causal(p) for p in pattern.patterns)
-    return False
-
-
 def own_attention(function):
     """Marks a layer's own `_compute_attention`: a subclass that replaces
     it must see every call, so the block-wise path is then not taken."""
@@ -208,7 +196,7 @@ class PatternAttention:
             self._scoring = Scoring(
                 self.score,
                 self.score_variables,
-                causal=_within_causal(self.pattern),
+                causal=patterns.within_causal(self.pattern),
             )
         object.__setattr__(self, "_score_offset", 0)
         if block_size is not None:
