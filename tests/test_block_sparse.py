@@ -10,7 +10,6 @@ import keras_dynmask as kd
 from keras_dynmask.attention import block_sparse
 from keras_dynmask.attention import tile_mask
 from keras_dynmask.attention.softmax import softmax_attention
-from keras_dynmask.core.patterns import within_causal
 from keras_dynmask.core.scores import Scoring
 from keras_dynmask.layers.attention_mask import call_attention_mask
 from tests.helpers import random_tables
@@ -138,7 +137,7 @@ def test_equals_dense_with_score_modifiers(data):
     scoring = Scoring(
         modifiers,
         random_tables(modifiers, 2, rng),
-        within_causal(pattern),
+        pattern.hides_future(held_unknown=True),
     )
     padding = np.arange(length)[None] < np.array(lengths)[:, None]
     mask = _dense(pattern, q, k, padding, inputs)

@@ -10,7 +10,6 @@ from keras import ops
 import keras_dynmask as kd
 from keras_dynmask.attention import blockwise
 from keras_dynmask.attention.softmax import softmax_attention
-from keras_dynmask.core.patterns import within_causal
 from keras_dynmask.core.scores import Scoring
 from keras_dynmask.layers.attention_mask import call_attention_mask
 from tests.helpers import input_gradient
@@ -104,7 +103,7 @@ def test_blockwise_equals_dense_for_random_patterns(data):
     scoring = Scoring(
         modifiers,
         random_tables(modifiers, 2, rng),
-        within_causal(pattern),
+        pattern.hides_future(held_unknown=True),
     )
     positions = np.arange(length, dtype="int32")
     want_attended, want_rows, _ = softmax_attention(

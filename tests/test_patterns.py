@@ -377,6 +377,38 @@ def test_hides_future_reads_a_held_window_value():
 
 
 @pytest.mark.parametrize(
+    "text, hidden",
+    [
+        ("causal", True),
+        ("~backward", True),
+        ("~bidirectional", True),
+        ("causal & window(2)", True),
+        ("causal & ~window(3, 0)", True),
+        ("causal | ~backward", True),
+        ("window(3, 0)", False),  # a schedule may widen its right side
+        ("causal | prefix(1)", False),  # or lengthen the prefix
+        ("causal | span(0, 2)", False),
+        ("~~window(2, 0)", False),
+        ("causal | window(1, 0)", False),
+    ],
+)
+def test_hides_future_whatever_the_held_values(text, hidden):
+    """With `held_unknown`, the answer holds for any value a layer's
+    variables take: what ALiBi's per-key bias under `causal` relies on."""
+    pattern = kd.parse_pattern(text)
+    assert pattern.hides_future(held_unknown=True) is hidden
+    if hidden:
+        return
+    names = {
+        name
+        for leaf in pattern.leaves()
+        for name in leaf.variable_names().values()
+    }
+    widened = {name: 5 for name in names}
+    assert not pattern.hides_future(widened) or not names
+
+
+@pytest.mark.parametrize(
     "text, names",
     [
         ("window(2)", ["window_2_left", "window_2_right"]),

@@ -118,16 +118,19 @@ def softmax_attention(
 
 
 def _divisible(score, query_heads):
-    """`score.divided(...)` where `_divided_scores` serves: on TensorFlow
-    (elsewhere the kernel takes the bias fused), float32 (queries divided
-    by a slope of 2**-8 in float16 would overflow); else `None`."""
-    if (
-        score is None
-        or keras.backend.backend() != "tensorflow"
-        or keras.backend.standardize_dtype(query_heads.dtype) != "float32"
-    ):
+    """`score.divided(...)` where `_divided_scores` serves, else `None`:
+    a first modifier that is not additive (a soft cap) is written out on
+    every path; an additive one (ALiBi) costs less divided only on
+    TensorFlow (elsewhere the kernel takes its bias fused), and only in
+    float32 (queries divided by a slope of 2**-8 in float16 could
+    overflow)."""
+    if score is None:
         return None
-    return score.divided(query_heads.shape[2])
+    bias_too = (
+        keras.backend.backend() == "tensorflow"
+        and keras.backend.standardize_dtype(query_heads.dtype) == "float32"
+    )
+    return score.divided(query_heads.shape[2], MASKED_SCORE, bias_too)
 
 
 def _modified_scores(query_heads, key_heads, score, mask, divided):
@@ -137,51 +140,46 @@ def _modified_scores(query_heads, key_heads, score, mask, divided):
     `MASKED_SCORE` or below)."""
     if divided is not None:
         return _divided_scores(query_heads, key_heads, mask, *divided)
-    prescaled = None if score is None else score.prescaled()
-    if prescaled is not None:
-        # A soft cap's 1 / cap rides on the queries: a pass less (the
-        # layer with `softcap(30)` at T = 4,096 on 2 CPU cores: 1.20x its
-        # plain time, against 1.26x).
-        divisor, first, score = prescaled
-        query_heads = query_heads * (1.0 / divisor)
     scores = ops.cast(
         ops.einsum("btnh,bsnh->bnts", query_heads, key_heads), "float32"
     )
-    if prescaled is not None:
-        scores = first(scores)
     if score is not None:
         scores = score(scores)
     return scores, False
 
 
-def _divided_scores(query_heads, key_heads, mask, factors, table, rest):
-    """`_modified_scores` where the first modifier is `factors[h] * table`
-    (`Scoring.divided`: ALiBi): the queries divided by their head's
-    factor, the table added and the product multiplied back, which is two
-    passes over the scores where building the bias, adding it and hiding
-    keys take three (a layer with ALiBi at T = 4,096 on 2 CPU cores:
-    1.29x-1.43x its plain time as a bias, 1.14x-1.24x divided;
-    benchmarks/README.md). The mask rides in the table, unless a later
-    modifier is not additive (a soft cap would lift a hidden score back
-    into range)."""
-    per_head = ops.convert_to_tensor(factors, "float32")
+def _divided_scores(
+    query_heads, key_heads, mask, divisors, table, finish, rest, hidden
+):
+    """`_modified_scores` where the first modifier is `finish(scores /
+    divisor[h] + table)` (`Scoring.divided`): each head's queries divided
+    by its divisor, so the product does the division.
+
+    A soft cap (`cap * tanh`) then takes a pass less (the layer with
+    `softcap(30)` at T = 4,096 on 2 CPU cores: 1.20x its plain time,
+    against 1.26x). ALiBi (the table added, the product multiplied back
+    by each slope) takes two passes where building its bias, adding it
+    and hiding keys take three (1.14x-1.24x, against 1.29x-1.43x as a
+    bias; benchmarks/README.md): the mask rides in the table at `hidden`
+    where that is not `None`."""
+    inverse = ops.convert_to_tensor([1.0 / d for d in divisors])
     scores = ops.einsum(
         "btnh,bsnh->bnts",
-        query_heads / ops.reshape(per_head, (-1, 1)),
+        query_heads
+        * ops.cast(ops.reshape(inverse, (-1, 1)), query_heads.dtype),
         key_heads,
     )
-    # A hidden key's entry takes its score to MASKED_SCORE or below in
-    # every head: -1e9 / (the smallest factor, with their sign).
-    smallest = min(abs(f) for f in factors)
-    hidden = MASKED_SCORE / (smallest if factors[0] > 0 else -smallest)
-    masked = (
-        mask is not None
-        and (rest is None or rest.additive)
-        and abs(hidden) < 1e30
-    )
-    if masked:
-        table = ops.where(_per_head(mask), table, hidden)
-    scores = (scores + table) * ops.reshape(per_head, (1, -1, 1, 1))
+    scores = ops.cast(scores, "float32")
+    masked = mask is not None and hidden is not None
+    if table is not None:
+        if masked:
+            table = ops.where(_per_head(mask), table, hidden)
+        scores = scores + table
+    if finish is None:
+        per_head = ops.convert_to_tensor(divisors, "float32")
+        scores = scores * ops.reshape(per_head, (1, -1, 1, 1))
+    else:
+        scores = finish(scores)
     if rest is not None:
         scores = rest(scores)
     return scores, masked

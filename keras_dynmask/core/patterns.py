@@ -84,7 +84,7 @@ class Pattern:
         equal words share their variables."""
         return {}
 
-    def hides_future(self, values=None):
+    def hides_future(self, values=None, held_unknown=False):
         """Whether no query can see a later key, at any length.
 
         Decided from the pattern's words (`causal & window(3)` and
@@ -96,12 +96,24 @@ class Pattern:
             values: optional `{variable name: int}` (see `variable_names`)
                 standing in for parameters a layer holds, e.g. a window's
                 current size.
+            held_unknown: bool. Whether the parameters a layer holds count
+                as unknown (a schedule may set them to anything): the
+                answer then holds for every value they may take, so
+                `window(3, 0)` alone is not known to hide the future.
+                Defaults to `False`.
+
+        >>> import keras_dynmask as kd
+        >>> pattern = kd.parse_pattern("window(3, 0)")
+        >>> pattern.hides_future(), pattern.hides_future(held_unknown=True)
+        (True, False)
         """
-        return self._future(values or {})[0]
+        return self._future(None if held_unknown else (values or {}))[0]
 
     def _future(self, values):
         """`(never, always)`: whether this pattern shows a query no later
-        key, and whether it shows it every later key, at every length."""
+        key, and whether it shows it every later key, at every length.
+        `values` as for `hides_future`, or `None` (held parameters
+        unknown)."""
         raise NotImplementedError
 
     def mask(
@@ -216,7 +228,10 @@ class _Word(Pattern):
         return {key: f"{prefix}_{key}" for key in self.parameters()}
 
     def _held(self, values, key):
-        """A parameter's value for `hides_future`: given, or the int."""
+        """A parameter's value for `hides_future`: given, or the int;
+        `None` when `values` is (held parameters unknown)."""
+        if values is None:
+            return None
         name = self.variable_names().get(key)
         return int(values.get(name, getattr(self, key)))
 
@@ -414,8 +429,8 @@ class Prefix(_Word):
 
     def _future(self, values):
         # Keys before 1 are never later than any query.
-        fixed = self.length is not None
-        return fixed and self._held(values, "length") <= 1, False
+        length = None if self.length is None else self._held(values, "length")
+        return length is not None and length <= 1, False
 
 
 @_register
@@ -513,8 +528,8 @@ class Span(_Word):
         )
 
     def _future(self, values):
-        fixed = self.length is not None
-        return fixed and self._held(values, "length") == 0, False
+        length = None if self.length is None else self._held(values, "length")
+        return length == 0, False
 
 
 class _Combination(Pattern):
@@ -665,22 +680,3 @@ class Not(Pattern):
         if self.pattern._precedence < self._precedence:
             text = f"({text})"
         return f"~{text}"
-
-
-def within_causal(pattern):
-    """Whether `pattern` never shows a key after its query whatever the
-    variables a layer holds for it: `causal`, ANDed with anything, or an
-    OR of such. Read from the structure alone, unlike `hides_future`, so
-    a scheduled window cannot change the answer (and `~backward`, which
-    hides the future too, is not recognized).
-
-    >>> within_causal(Causal() & Window(3)), within_causal(Causal() | Prefix(2))
-    (True, False)
-    """
-    if isinstance(pattern, Causal):
-        return True
-    if isinstance(pattern, And):
-        return any(within_causal(p) for p in pattern.patterns)
-    if isinstance(pattern, Or):
-        return all(within_causal(p) for p in pattern.patterns)
-    return False

@@ -51,9 +51,6 @@ class Score:
     """
 
     additive = True
-    # The constant `apply` first divides the scores by (a soft cap's), so
-    # that the queries can be divided instead (`apply_divided`), or `None`.
-    divisor = None
 
     def weight_shapes(self, num_heads):
         """`{name: shape}` of the weights the holding layer creates (zeros
@@ -88,11 +85,19 @@ class Score:
         product."""
         return None
 
-    def head_scaled(self, num_heads, query_positions, key_positions):
-        """`bias` as one table times a factor per head, or `None`:
-        `(factors, table)`, a list of `num_heads` floats (known when
-        tracing) and a float32 `(B|1, 1, T, S)` table, with `bias ==
-        factor[h] * table`."""
+    def divided(self, num_heads, query_positions, key_positions):
+        """This modifier as `finish(scores / divisor[h] + table)`, or
+        `None`, so that attention may divide each head's queries instead
+        of the scores (the scores' product then does the division: a pass
+        less over them). ALiBi: `-slope[h] * (scores / -slope[h] +
+        |query - key|)`; a soft cap: `cap * tanh(scores / cap)`.
+
+        Returns:
+            `(divisors, table, finish)`: `num_heads` floats of one sign
+            (known when tracing); a float32 `(B|1, 1, T, S)` table or
+            `None`; a callable on the float32 `(B, N, T, S)` sum, or
+            `None` for its product by each head's divisor.
+        """
         return None
 
     def apply(
@@ -113,12 +118,6 @@ class Score:
             scores.shape[1], query_positions, key_positions, variables or {}
         )
         return scores + bias
-
-    def apply_divided(
-        self, scores, query_positions, key_positions, variables=None, batch=None
-    ):
-        """`apply` of scores already divided by `divisor`."""
-        raise NotImplementedError
 
     def get_config(self):
         return {}
@@ -203,7 +202,7 @@ class ALiBi(Score):
             )
 
     def bias(self, num_heads, query_positions, key_positions, variables):
-        factors, distance = self.head_scaled(
+        factors, distance, _ = self.divided(
             num_heads, query_positions, key_positions
         )
         factors = ops.convert_to_tensor(factors, "float32")
@@ -220,12 +219,12 @@ class ALiBi(Score):
         distance = ops.cast(key - ops.cast(reference, "int32"), "float32")
         return ops.convert_to_tensor(slopes, "float32"), distance
 
-    def head_scaled(self, num_heads, query_positions, key_positions):
+    def divided(self, num_heads, query_positions, key_positions):
         self.check_heads(num_heads)
         slopes = self.slopes or alibi_slopes(num_heads)
         # In float32 from the start (exact to 2**24): one pass less.
         distance = _distances(query_positions, key_positions, "float32")
-        return [-s for s in slopes], ops.abs(distance)
+        return [-s for s in slopes], ops.abs(distance), None
 
     def get_config(self):
         return {"slopes": self.slopes}
@@ -259,19 +258,16 @@ class SoftCap(Score):
             raise ValueError(f"cap must be a float > 0, received cap={cap!r}")
         self.cap = float(cap)
 
-    @property
-    def divisor(self):
-        return self.cap
-
     def apply(
         self, scores, query_positions, key_positions, variables=None, batch=None
     ):
         # A product, not a quotient: cheaper per score on CPUs.
-        return self.apply_divided(scores * (1.0 / self.cap), None, None)
+        return self._capped(scores * (1.0 / self.cap))
 
-    def apply_divided(
-        self, scores, query_positions, key_positions, variables=None, batch=None
-    ):
+    def divided(self, num_heads, query_positions, key_positions):
+        return [self.cap] * num_heads, None, self._capped
+
+    def _capped(self, scores):
         return self.cap * ops.tanh(scores)
 
     def get_config(self):
@@ -577,43 +573,43 @@ class Scoring:
             self._placed(rest),
         )
 
-    def divided(self, num_heads):
-        """`(factors, table, rest)` when the first modifier's bias is one
-        table times a factor per head (`Score.head_scaled`: ALiBi), the
-        factors all of one sign; `rest` places the others (or is `None`).
-        Else `None`. Scores of queries divided by their head's factor,
-        plus the table, times the factor, are the modified scores: two
-        passes over them, with the mask folded into the table."""
+    def divided(self, num_heads, masked_score, bias_too=True):
+        """The first modifier as `finish(scores / divisor[h] + table)`
+        (`Score.divided`: ALiBi, a soft cap), so that each head's queries
+        may be divided instead of the scores: `(divisors, table, finish,
+        rest, hidden)`, or `None` when it has no such form, its divisors
+        are not all of one sign, or it only adds a bias and `bias_too` is
+        false (where a kernel would add that bias fused).
+
+        `rest` places the other modifiers (or is `None`). `hidden` is the
+        table's entry for a hidden key, which takes its modified score to
+        `masked_score` or below in every head (the mask then rides in the
+        table: no pass of its own), or `None` where the mask cannot: no
+        table, a `finish` of its own, a later modifier that is not
+        additive (a soft cap would lift a hidden score back), or an entry
+        too large for float32.
+        """
         if not self.modifiers:
             return None
+        first = self.modifiers[0]
+        if first.additive and not bias_too:
+            return None
         query_positions, key_positions, _ = self.positions
-        found = self.modifiers[0].head_scaled(
-            num_heads, query_positions, key_positions
-        )
+        found = first.divided(num_heads, query_positions, key_positions)
         if found is None:
             return None
-        factors, table = found
-        if not (all(f > 0 for f in factors) or all(f < 0 for f in factors)):
+        divisors, table, finish = found
+        if not (all(d > 0 for d in divisors) or all(d < 0 for d in divisors)):
             return None
-        return factors, table, self._placed(self.modifiers[1:])
-
-    def prescaled(self):
-        """`(divisor, first, rest)` when the first modifier begins by
-        dividing the scores by a constant (`Score.divisor`: a soft cap),
-        so that the queries may be divided instead, one pass less over
-        the scores: `first` modifies scores so divided (a callable),
-        `rest` places the others (or is `None`). Else `None`."""
-        if not self.modifiers or self.modifiers[0].divisor is None:
-            return None
-        modifier = self.modifiers[0]
-        query_positions, key_positions, batch = self.positions
-
-        def first(scores):
-            return modifier.apply_divided(
-                scores, query_positions, key_positions, self.variables, batch
-            )
-
-        return modifier.divisor, first, self._placed(self.modifiers[1:])
+        rest = self._placed(self.modifiers[1:])
+        hidden = None
+        if table is not None and finish is None:
+            if rest is None or rest.additive:
+                # -1e9 / (the smallest divisor, with their sign).
+                smallest = min(abs(d) for d in divisors)
+                hidden = masked_score / math.copysign(smallest, divisors[0])
+                hidden = hidden if abs(hidden) < 1e30 else None
+        return divisors, table, finish, rest, hidden
 
     def _placed(self, modifiers):
         """`modifiers` at these positions, or `None` if there are none."""

@@ -196,7 +196,7 @@ class PatternAttention:
             self._scoring = Scoring(
                 self.score,
                 self.score_variables,
-                causal=patterns.within_causal(self.pattern),
+                causal=self.pattern.hides_future(held_unknown=True),
             )
         object.__setattr__(self, "_score_offset", 0)
         if block_size is not None:
