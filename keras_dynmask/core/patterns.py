@@ -229,8 +229,9 @@ class _Word(Pattern):
 
     def _held(self, values, key):
         """A parameter's value for `hides_future`: given, or the int;
-        `None` when `values` is (held parameters unknown)."""
-        if values is None:
+        `None` when `values` is (held parameters unknown) or the parameter
+        is read per example."""
+        if values is None or getattr(self, key) is None:
             return None
         name = self.variable_names().get(key)
         return int(values.get(name, getattr(self, key)))
@@ -429,7 +430,7 @@ class Prefix(_Word):
 
     def _future(self, values):
         # Keys before 1 are never later than any query.
-        length = None if self.length is None else self._held(values, "length")
+        length = self._held(values, "length")
         return length is not None and length <= 1, False
 
 
@@ -528,7 +529,7 @@ class Span(_Word):
         )
 
     def _future(self, values):
-        length = None if self.length is None else self._held(values, "length")
+        length = self._held(values, "length")
         return length == 0, False
 
 
