@@ -10,7 +10,10 @@ quarter padding (Keras' fused kernel). Every contender is checked against
 the written-out softmax of its own modifiers. Reported: median
 milliseconds of interleaved rounds after warm-up, and each modifier's time
 over the plain layer's (the issue's target: at most 1.1x for ALiBi and
-the soft cap).
+the soft cap). The same layers also run under XLA (`jit_compile=True`) in
+the same rounds: there TensorFlow fuses the elementwise passes that cost a
+modifier its time on the CPU's ops (Keras turns XLA on for `fit` and
+`predict` on a GPU, not on a CPU).
 """
 
 import sys
@@ -50,9 +53,10 @@ def _layers(pattern):
     return layers
 
 
-def _contenders(pattern, length):
+def _contenders(pattern, length, jit_compile=False):
     """`{name: callable}` for each layer at `length`, each checked to equal
-    its own written-out softmax (`return_attention_scores=True`)."""
+    its own written-out softmax (`return_attention_scores=True`); under
+    XLA with `jit_compile`."""
     x = tf.random.stateless_normal((1, length, HIDDEN), seed=(0, length))
     real = tf.range(length)[None] < (length * 3) // 4
     padding = (
@@ -62,7 +66,10 @@ def _contenders(pattern, length):
     )
     runs = {}
     for name, layer in _layers(pattern).items():
-        run = tf.function(lambda x, layer=layer: layer(x, x, **padding))
+        run = tf.function(
+            lambda x, layer=layer: layer(x, x, **padding),
+            jit_compile=jit_compile,
+        )
         if length <= 1024:
             written, _ = layer(x, x, return_attention_scores=True, **padding)
             np.testing.assert_allclose(
@@ -72,36 +79,61 @@ def _contenders(pattern, length):
     return runs
 
 
+def _row(pattern, length, ms, plain_cell=None):
+    """A table row: `ms` by contender (`"plain"` and each modifier)."""
+    cells = [
+        plain_cell or f"{ms['plain']:.1f}",
+        *(f"{ms[m]:.1f} ({ms[m] / ms['plain']:.2f}x)" for m in MODIFIERS),
+    ]
+    return f"| `{pattern}` | {length} | " + " | ".join(cells) + " |"
+
+
 def run(quick=False):
     lengths = (512, 4096)
     repeats, warmup = (5, 1) if quick else (30, 3)
+    header = [
+        "| mask | T | plain ms | "
+        + " | ".join(f"`{m}` ms (x plain)" for m in MODIFIERS)
+        + " |",
+        "|---|---:|---:|" + "---:|" * len(MODIFIERS),
+    ]
     lines = [
         "### Score modifiers against the same attention without them, B=1, "
         f"hidden {HIDDEN}, {HEADS} heads (median of {repeats} interleaved "
         f"calls, {8 * repeats} at T = 512, {warmup} warm-up; x plain time: "
         "above 1 is slower)",
         "",
-        "| mask | T | plain ms | "
-        + " | ".join(f"`{m}` ms (x plain)" for m in MODIFIERS)
-        + " |",
-        "|---|---:|---:|" + "---:|" * len(MODIFIERS),
+        *header,
+    ]
+    fused = [
+        "",
+        "### The same layers under XLA (`tf.function(jit_compile=True)`, "
+        "what Keras' `fit` and `predict` use on a GPU; its elementwise "
+        "passes fuse), timed in the same interleaved rounds as the table "
+        "above; x plain under XLA, and plain under XLA against plain "
+        "without it",
+        "",
+        header[0].replace("| plain ms |", "| plain ms (x without XLA) |"),
+        header[1],
     ]
     for pattern in PATTERNS:
         for length in lengths:
             calls = calls_at(length, repeats)
-            ms = {
-                name: seconds * 1e3
-                for name, seconds in interleaved_medians(
-                    _contenders(pattern, length), calls, warmup
-                ).items()
-            }
-            cells = [
-                f"{ms[m]:.1f} ({ms[m] / ms['plain']:.2f}x)" for m in MODIFIERS
-            ]
-            lines.append(
-                f"| `{pattern}` | {length} | {ms['plain']:.1f} | "
-                + " | ".join(cells)
-                + " |"
+            runs = _contenders(pattern, length)
+            for name, call in _contenders(pattern, length, True).items():
+                runs[f"{name}, XLA"] = call
+            seconds = interleaved_medians(runs, calls, warmup)
+            ms = {name: value * 1e3 for name, value in seconds.items()}
+            lines.append(_row(pattern, length, ms))
+            xla = {m: ms[f"{m}, XLA"] for m in ("plain", *MODIFIERS)}
+            against = xla["plain"] / ms["plain"]
+            fused.append(
+                _row(
+                    pattern,
+                    length,
+                    xla,
+                    plain_cell=f"{xla['plain']:.1f} ({against:.2f}x)",
+                )
             )
             if length == 4096:
                 for modifier in MODIFIERS[:2]:
@@ -113,7 +145,7 @@ def run(quick=False):
                         f"({ms[modifier] / ms['plain']:.2f}x the time)",
                         "<= 1.1x",
                     )
-    return lines
+    return lines + fused
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from keras_dynmask.attention.softmax import softmax_attention
 from tests.helpers import VOCABULARY
 from tests.helpers import input_gradient
 from tests.helpers import padded_ids
+from tests.helpers import random_tables
 from tests.helpers import to_numpy
 
 
@@ -224,6 +225,63 @@ def _jacobian(pattern, length=6):
             for i in range(length)
         ]
     )
+
+
+@pytest.mark.tensorflow_only
+@pytest.mark.parametrize(
+    ("text", "score", "path"),
+    [
+        ("causal", None, "layers._pattern_attention.causal_attention"),
+        ("causal", "alibi", "layers._pattern_attention.causal_attention"),
+        ("window(4, 2)", "softcap(30)", "attention.blockwise.attention"),
+        ("segment", "relative(8, 32)", "attention.block_sparse.attention"),
+        ("bidirectional", "alibi", "attention.softmax._divided_scores"),
+    ],
+)
+def test_every_path_compiles_under_xla(monkeypatch, text, score, path):
+    """Keras' `fit` and `predict` compile with XLA on a GPU
+    (`jit_compile="auto"`), where every shape is fixed when compiling: each
+    attention path (causal chunks, window blocks, tiles, ALiBi divided),
+    taken, gives what it gives without XLA, and so do its gradients."""
+    import importlib
+
+    import tensorflow as tf
+
+    module, name = path.rsplit(".", 1)
+    module = importlib.import_module(f"keras_dynmask.{module}")
+    taken = []
+    original = getattr(module, name)
+
+    def counted(*args, **kwargs):
+        taken.append(name)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, counted)
+    layer = kd.MultiHeadAttention(2, 8, pattern=text, score=score, block_size=8)
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.normal(size=(2, 64, 16)), "float32")
+    real = np.arange(64)[None] < np.array([[64], [50]])
+    inputs = {"query_mask": real, "value_mask": real}
+    if text == "segment":
+        segments = np.arange(64)[None] // 20 + np.zeros((2, 1), "int32")
+        inputs["segment_ids"] = segments
+    layer(x, x, **inputs)
+    for key, table in random_tables(layer.score, 2, rng).items():
+        layer.score_variables[key].assign(table)
+
+    def output_and_gradient(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x, x, **inputs)
+            loss = tf.reduce_sum(y**2)
+        return y, tape.gradient(loss, x)
+
+    expected = tf.function(output_and_gradient)(x)
+    taken.clear()
+    compiled = tf.function(output_and_gradient, jit_compile=True)(x)
+    assert taken, f"{path} not taken under XLA"
+    for ours, reference in zip(compiled, expected, strict=True):
+        np.testing.assert_allclose(ours, reference, atol=2e-5)
 
 
 def test_causal_receptive_field_by_gradients():

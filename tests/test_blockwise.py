@@ -260,6 +260,25 @@ def test_under_jax_jit_the_variables_choose_in_the_graph(block_calls):
 
 
 @pytest.mark.tensorflow_only
+def test_under_xla_the_written_bounds_gather_blocks(block_calls):
+    """`jit_compile=True` (Keras' `fit` on a GPU) fixes shapes when
+    compiling: the key blocks are the pattern's bounds as written, as under
+    JAX, and a variable widened past them takes the dense path."""
+    import tensorflow as tf
+
+    fast, dense = _pair("causal & window(2)", block_size=4)
+    x = np.random.default_rng(5).normal(size=(1, 40, 8)).astype("float32")
+    compiled = tf.function(lambda x: fast(x, x), jit_compile=True)
+    for left in (2, 17):  # within the written bounds, then beyond them
+        for layer in (fast, dense):
+            layer.pattern_variables["window_2_left"].assign(left)
+        np.testing.assert_allclose(
+            to_numpy(compiled(x)), to_numpy(dense(x, x)), atol=1e-5
+        )
+    assert block_calls
+
+
+@pytest.mark.tensorflow_only
 def test_window_variables_may_widen_during_training(block_calls):
     """The number of key blocks follows the variable, not the constructor."""
     fast, dense = _pair("causal & window(2)", block_size=4)

@@ -17,9 +17,10 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "keras_dynmask"
 TIERS = ("core", "attention", "layers", "models", "tf", "app")
 TENSORFLOW = ("tensorflow", "tensorflow_text", "ai_edge_litert")
 # Functions below `tf` that import TensorFlow when they run, only under the
-# TensorFlow backend: tracing generation, and the replica under
-# tf.distribute.
+# TensorFlow backend: tracing generation, the replica under tf.distribute,
+# and whether XLA is compiling (block-wise attention's key blocks).
 RUN_TIME_TENSORFLOW = {
+    ("attention/blockwise.py", "available"),
     ("models/generation.py", "_compiled"),
     ("models/generation.py", "_compiled_loop"),
     ("layers/_distribution.py", "_replica_context"),

@@ -220,6 +220,28 @@ def test_masked_lm_trains_evaluates_on_fixed_masks_and_fills_masks():
     )
 
 
+@pytest.mark.tensorflow_only
+def test_masked_lm_trains_alike_under_xla():
+    """`jit_compile="auto"` compiles `fit` with XLA where a GPU is: the
+    masks drawn, the losses and the weights are those without it."""
+    train = _topic_rows(64, 2)
+    results = []
+    for jit_compile in (False, True):
+        keras.utils.set_random_seed(0)
+        encoder = models.build_encoder(
+            VOCABULARY, **SIZES, pattern="window(4)", score="alibi"
+        )
+        masking = kd.TokenMasking(VOCABULARY, mask_token_id=1, seed=0)
+        model = models.MaskedLM(encoder, masking)
+        model.compile("adam", jit_compile=jit_compile)
+        history = model.fit(train, epochs=2, batch_size=16, verbose=0)
+        results.append((history.history["loss"], model.get_weights()))
+    (losses, weights), (xla_losses, xla_weights) = results
+    np.testing.assert_allclose(xla_losses, losses, rtol=1e-5)
+    for ours, reference in zip(xla_weights, weights, strict=True):
+        np.testing.assert_allclose(ours, reference, atol=1e-4)
+
+
 def test_masked_lm_saves_and_loads(tmp_path):
     model = _masked_lm(compile=False)
     query = _topic_rows(2, 3)

@@ -13,14 +13,20 @@ tiles with segment reductions (a running maximum, then sums), so that it
 equals the dense softmax to float rounding.
 
 The list of tiles has a length known only when running, which TensorFlow
-(and TFLite) have and JAX's compiler does not: like `blockwise`, this is
-for the TensorFlow backend (`available()`).
+(and TFLite) have and JAX's compiler does not: this is for the TensorFlow
+backend (`available()`). Under XLA on TensorFlow it still runs and equals
+the dense path (XLA bounds the list by the whole grid).
 """
 
+import keras
 from keras import ops
 
-from keras_dynmask.attention.blockwise import available  # noqa: F401
 from keras_dynmask.attention.softmax import MASKED_SCORE
+
+
+def available():
+    """Whether the backend runs block-sparse attention (TensorFlow)."""
+    return keras.backend.backend() == "tensorflow"
 
 
 def from_mask(mask, block_size):

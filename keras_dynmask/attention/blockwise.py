@@ -262,6 +262,13 @@ def _pad(x, before, after, fill):
 
 
 def available():
-    """Whether the backend can run block-wise attention: it needs shapes
-    known only when running (TensorFlow)."""
-    return keras.backend.backend() == "tensorflow"
+    """Whether the key blocks gathered may be those a window's variables
+    reach in this call: shapes known only when running, which TensorFlow's
+    ops have. XLA (`jit_compile=True`, as Keras' `fit` and `predict` on a
+    GPU) fixes every shape when compiling, as JAX does: there the blocks
+    are the pattern's bounds as written (`static_blocks`)."""
+    if keras.backend.backend() != "tensorflow":
+        return False
+    import tensorflow as tf
+
+    return tf.__internal__.get_enclosing_xla_context() is None

@@ -470,9 +470,9 @@ class PatternAttention:
         """`(attended, has_key)` block by block when the window reaches at
         most half the sequence (decided when tracing if the lengths and
         bounds are known then, else in the graph), else by the dense
-        path. On JAX and PyTorch the key blocks gathered are the pattern's
-        bounds as written, and the dense path runs while a window variable
-        reaches beyond them."""
+        path. On JAX and PyTorch (and under XLA on TensorFlow) the key
+        blocks gathered are the pattern's bounds as written, and the dense
+        path runs while a window variable reaches beyond them."""
         query_heads, key_heads, value_heads = heads
 
         dropout = self._dropout_and_weights(training, False)["dropout"]
@@ -681,7 +681,9 @@ class PatternAttention:
         PyTorch's causal kernels do not): then `causal_attention` runs."""
         return (
             isinstance(self.pattern, patterns.Causal)
-            and (self._scoring is None or blockwise.available())
+            and (
+                self._scoring is None or keras.backend.backend() == "tensorflow"
+            )
             and self._own_self_attention(cache, call_masks)
             and self._head_counts()[2] == self._head_counts()[3]
             and not (self._dropout_layer.rate > 0.0 and training)

@@ -66,10 +66,12 @@ class MultiHeadAttention(PatternAttention, keras.layers.MultiHeadAttention):
             On JAX and PyTorch, windows are computed block-wise too, over
             the key blocks of the pattern's bounds as written (shapes
             fixed when tracing; the dense path runs while a window
-            variable reaches beyond them), `"causal"` runs the backend's
-            causal kernel, and other patterns the dense path. `None`
-            always uses the dense path. Keras' `attention_mask`,
-            `use_causal_mask` and `sliding_window` take the dense path.
+            variable reaches beyond them; so too on TensorFlow under XLA,
+            `jit_compile=True`, as Keras' `fit` on a GPU), `"causal"`
+            runs the backend's causal kernel, and other patterns the dense
+            path. `None` always uses the dense path. Keras'
+            `attention_mask`, `use_causal_mask` and `sliding_window` take
+            the dense path.
             Defaults to `128`.
         score: score modifiers (`keras_dynmask.ALiBi()`, `SoftCap(30.0)`,
             `RelativeBias(32, 128)`, `ScoreFunction(fn)`), a list of them
