@@ -274,6 +274,120 @@ def test_pretrain_rejects_bad_settings(tmp_path):
         )
 
 
+class _Stop(Exception):
+    """An interruption at a chosen step (in this process, not a kill)."""
+
+
+def _stop_at(step):
+    """A callback that interrupts training once `step` steps are done."""
+    import keras
+
+    class StopAt(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            iterations = self.model.optimizer.iterations
+            if int(keras.ops.convert_to_numpy(iterations)) == step:
+                raise _Stop(step)
+
+    return StopAt()
+
+
+def test_masking_strategies_train_and_resume_as_they_run(tmp_path, monkeypatch):
+    """Whole-word masking with a decaying rate: the batches `fit` gets
+    flag where words start, the rate follows the step (resumed runs set
+    what uninterrupted ones set: the same weights, bit for bit), and
+    held-out accuracy is scored on single-token masks at the final rate."""
+    from keras_dynmask.app import training_data
+
+    path = _write_corpus(tmp_path)
+    settings = {
+        **TINY,
+        "vocabulary_size": 60,  # words split into pieces: "##" tokens
+        "masking": "whole-word",
+        "selection_rate": 0.4,
+        "final_selection_rate": 0.2,
+    }
+    given = []
+    batches = training_data.InMemory.batches
+
+    def spied(self, *args, **kwargs):
+        stream = batches(self, *args, **kwargs)
+        given.append((next(iter(stream)), self.tokenizer.vocabulary))
+        return stream
+
+    monkeypatch.setattr(training_data.InMemory, "batches", spied)
+    common = {"corpus_path": path, "epochs": 2, "steps_per_epoch": 6}
+    common.update(log=lambda line: None, **settings)
+    output = tmp_path / "resumed"
+    with pytest.raises(_Stop):
+        pretraining.pretrain(
+            output=output, save_every=2, callbacks=[_stop_at(9)], **common
+        )
+    assert max(_checkpoint_steps(output)) == 8  # resumed mid-epoch
+    pretraining.pretrain(output=output, save_every=2, **common)
+    whole = tmp_path / "whole"
+    pretraining.pretrain(output=whole, save_every=1000, **common)
+    for resumed, straight in zip(
+        _weights(output), _weights(whole), strict=True
+    ):
+        np.testing.assert_array_equal(resumed, straight)
+
+    inputs, vocabulary = given[0]
+    ids, starts = inputs["token_ids"].numpy(), inputs["word_starts"].numpy()
+    pieces = np.array([t.startswith("##") for t in vocabulary])[ids]
+    np.testing.assert_array_equal(starts, ~pieces)
+    assert pieces.any()  # some words are more than one token
+    import keras
+
+    model = keras.saving.load_model(whole / "model.keras")
+    # Set before the last of 12 steps: 0.4 + (0.2 - 0.4) * 11 / 12.
+    rate = model.masking.selection_rate_variable.numpy()
+    np.testing.assert_allclose(rate, 0.4 - 0.2 * 11 / 12, rtol=1e-6)
+    evaluation = model.evaluation_masking.get_config()
+    assert evaluation["selection_rate"] == 0.2
+    assert not evaluation["span_masking"]
+    written = json.loads((whole / "settings.json").read_text())
+    assert written["masking"] == "whole-word"
+    assert written["final_selection_rate"] == 0.2
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"masking": "words"}, "masking must be one of token, whole-word"),
+        ({"final_selection_rate": 0.0}, "final_selection_rate=0.0"),
+        ({"static_masks": -1}, "static_masks"),
+        (
+            {"static_masks": 4, "final_selection_rate": 0.1},
+            "final_selection_rate or static_masks, not both",
+        ),
+    ],
+)
+def test_masking_settings_are_checked(settings, message):
+    with pytest.raises(ValueError, match=message):
+        pretraining.check_settings(settings)
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        ({}, {"static": False, "span_masking": False}),
+        ({"masking": "span"}, {"static": False, "span_masking": True}),
+        ({"static_masks": 4}, {"static": True, "dupe_factor": 4}),
+    ],
+)
+def test_the_masking_settings_build_their_layer(tmp_path, settings, expected):
+    documents = corpus.read_corpus(_write_corpus(tmp_path))
+    tokenizer = WordPieceTokenizer.build(documents, 100, cache_dir=tmp_path)
+    settings = pretraining.check_settings({**TINY, **settings})
+    model = pretraining._build(tokenizer, settings)
+    config = model.masking.get_config()
+    assert {key: config[key] for key in expected} == expected
+    evaluation = model.evaluation_masking.get_config()
+    # Every strategy is scored on single tokens, drawn once.
+    assert evaluation["static"] and not evaluation["span_masking"]
+    assert evaluation["selection_rate"] == settings["selection_rate"]
+
+
 def test_pretrain_command_reports_bad_settings_and_leaves_nothing(tmp_path):
     path = _write_corpus(tmp_path)
     output = tmp_path / "out"
@@ -281,6 +395,7 @@ def test_pretrain_command_reports_bad_settings_and_leaves_nothing(tmp_path):
         (["--epochs", "0"], "epochs must be an int >= 1, received epochs=0"),
         (["--num-heads", "3"], "hidden_dim must be a multiple of num_heads"),
         (["--dropout", "1.5"], "dropout=1.5"),
+        (["--masking", "words"], "invalid choice: 'words'"),
     ]:
         run = run_cli(
             "pretrain", "--corpus", str(path), "--output", str(output), *flags

@@ -65,6 +65,8 @@ def _add_demo(commands):
 
 def _add_pretrain(commands):
     from keras_dynmask.app.pretraining_defaults import DEFAULTS
+    from keras_dynmask.app.pretraining_defaults import HELP
+    from keras_dynmask.app.pretraining_defaults import MASKINGS
 
     pretrain = commands.add_parser(
         "pretrain",
@@ -122,9 +124,10 @@ def _add_pretrain(commands):
     for name, value in DEFAULTS.items():
         pretrain.add_argument(
             "--" + name.replace("_", "-"),
-            type=type(value),
+            type=float if name == "final_selection_rate" else type(value),
             default=value,
-            help="default: %(default)s",
+            choices=list(MASKINGS) if name == "masking" else None,
+            help=HELP.get(name, "default: %(default)s"),
         )
 
 

@@ -22,9 +22,12 @@ from keras_dynmask.app import corpus
 from keras_dynmask.app import training_data
 from keras_dynmask.app.checkpoints import StepBackup
 from keras_dynmask.app.pretraining_defaults import DEFAULTS
+from keras_dynmask.app.pretraining_defaults import MASKINGS
 from keras_dynmask.core._checks import check_fraction
 from keras_dynmask.core._checks import check_int
 from keras_dynmask.layers import TokenMasking
+from keras_dynmask.models.schedules import VariableSchedule
+from keras_dynmask.models.schedules import linear
 from keras_dynmask.tf import data
 from keras_dynmask.tf import distribute
 from keras_dynmask.tf import export
@@ -136,7 +139,8 @@ def check_settings(settings, steps_per_epoch=None):
     settings = {**DEFAULTS, **settings}
     for name, value in settings.items():
         if isinstance(DEFAULTS[name], int):
-            check_int(name, value, minimum=0 if name == "seed" else 1)
+            zero = name in ("seed", "static_masks")
+            check_int(name, value, minimum=0 if zero else 1)
     if settings["max_length"] < 3:
         raise ValueError(
             "max_length must be at least 3 ([CLS], a token, [SEP]), "
@@ -155,6 +159,25 @@ def check_settings(settings, steps_per_epoch=None):
         with_zero=False,
         with_one=True,
     )
+    if settings["masking"] not in MASKINGS:
+        raise ValueError(
+            f"masking must be one of {', '.join(MASKINGS)}, received "
+            f"masking={settings['masking']!r}"
+        )
+    if settings["final_selection_rate"] is not None:
+        check_fraction(
+            "final_selection_rate",
+            settings["final_selection_rate"],
+            with_zero=False,
+            with_one=True,
+        )
+        if settings["static_masks"]:
+            raise ValueError(
+                "static masks are drawn once, at one rate: give "
+                "final_selection_rate or static_masks, not both; received "
+                f"final_selection_rate={settings['final_selection_rate']!r},"
+                f" static_masks={settings['static_masks']!r}"
+            )
     if not settings["learning_rate"] > 0:
         raise ValueError(
             "learning_rate must be > 0, received "
@@ -170,7 +193,8 @@ def _check_resumable(backup, run):
     written = backup / "run.json"
     if not written.exists():
         return
-    before = json.loads(written.read_text())
+    # A setting a backup predates had its default then.
+    before = {**DEFAULTS, **json.loads(written.read_text())}
     differ = [
         f"{name} {before.get(name)!r} then, {run[name]!r} now"
         for name in run
@@ -303,18 +327,36 @@ def _train(
             f"checkpoint in {output / 'backup'}"
         )
 
+    schedules = []
+    if settings["final_selection_rate"] is not None:
+        # Set before every step from the step's number: a resumed run sets
+        # the rates an uninterrupted one does.
+        rate = linear(
+            settings["selection_rate"],
+            settings["final_selection_rate"],
+            total_steps,
+        )
+        variable = model.masking.selection_rate_variable
+        schedules.append(VariableSchedule(variable, rate, initial_step=done))
+    # Whole words (and spans of them) need to know where words start.
+    inputs = None
+    if settings["masking"] != "token":
+        inputs = data.word_start_inputs(corpus_data.tokenizer.vocabulary)
+
     def fit(first_epoch, last_epoch, steps):
         # Batch n of the stream is the same in every run: a resumed run
         # rejoins it at the step it restored.
         step = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
-        stream = corpus_data.batches(step, strategy, model.masking.pad_id)
+        stream = corpus_data.batches(
+            step, strategy, model.masking.pad_id, then=inputs
+        )
         model.fit(
             stream,
             initial_epoch=first_epoch,
             epochs=last_epoch,
             steps_per_epoch=steps,
             validation_data=held_out_data,
-            callbacks=[backup, *callbacks],
+            callbacks=[*schedules, backup, *callbacks],
             shuffle=False,  # the pipeline shuffles
             verbose=1 if sys.stdout.isatty() else 2,
         )
@@ -412,17 +454,37 @@ def _build(tokenizer, settings):
         pad_id=tokenizer.pad_id,
         dropout=settings["dropout"],
     )
-    masking = TokenMasking(
-        tokenizer.vocabulary_size,
-        mask_token_id=tokenizer.mask_id,
-        selection_rate=settings["selection_rate"],
-        max_selections=settings["max_selections"],
-        unselectable_ids=tokenizer.special_ids,
-        pad_id=tokenizer.pad_id,
-        seed=settings["seed"],
-        name="masking",
+
+    def token_masking(**options):
+        return TokenMasking(
+            tokenizer.vocabulary_size,
+            mask_token_id=tokenizer.mask_id,
+            max_selections=settings["max_selections"],
+            unselectable_ids=tokenizer.special_ids,
+            pad_id=tokenizer.pad_id,
+            seed=settings["seed"],
+            **options,
+        )
+
+    options = {}
+    if settings["masking"] == "span":
+        options["span_masking"] = True
+    if settings["static_masks"]:
+        options.update(static=True, dupe_factor=settings["static_masks"])
+    masking = token_masking(
+        selection_rate=settings["selection_rate"], name="masking", **options
     )
-    model = models.MaskedLM(encoder, masking)
+    final_rate = settings["final_selection_rate"]
+    evaluation_masking = None
+    if final_rate is not None or settings["masking"] != "token" or options:
+        # Scored on single-token masks at the rate training ends at, as a
+        # run with the default masking is: held-out accuracies compare.
+        evaluation_masking = token_masking(
+            selection_rate=final_rate or settings["selection_rate"]
+        )
+    model = models.MaskedLM(
+        encoder, masking, evaluation_masking=evaluation_masking
+    )
     # Built before fit, so that BackupAndRestore can restore into it.
     model(tokenizer.encode(["[MASK]"]))
     return model

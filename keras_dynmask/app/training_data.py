@@ -68,9 +68,10 @@ class InMemory:
     def check(self, strategy):
         """Nothing to check: every worker reads the whole corpus."""
 
-    def batches(self, start, strategy, pad_id):
+    def batches(self, start, strategy, pad_id, then=None):
         """The training stream from batch `start`, for `strategy`'s
-        replicas (each its slice of every global batch)."""
+        replicas (each its slice of every global batch), each batch of
+        token ids mapped by `then` if given."""
         return distribute.replica_batches(
             lambda: data.training_stream(
                 self.sequences,
@@ -80,6 +81,7 @@ class InMemory:
             ),
             strategy,
             pad_id=pad_id,
+            then=then,
         )
 
 
@@ -178,26 +180,30 @@ class Streamed:
                 f"{len(self.files)}"
             )
 
-    def batches(self, start, strategy, pad_id):
+    def batches(self, start, strategy, pad_id, then=None):
         """The training stream from global batch `start`: one stream of
         global batches, or, under several workers, each worker's stream of
-        its own files in fixed-size batches for its replicas."""
+        its own files in fixed-size batches for its replicas; each batch
+        of token ids mapped by `then` if given."""
         settings = self.settings
         replicas = strategy.num_replicas_in_sync
         if replicas == 1:
-            return data.streamed_training_stream(
-                lambda: self._sequences(self.files),
-                settings["batch_size"],
-                seed=settings["seed"],
-                max_length=settings["max_length"],
-                pad_id=pad_id,
-                start=start,
+            return data.mapped(
+                data.streamed_training_stream(
+                    lambda: self._sequences(self.files),
+                    settings["batch_size"],
+                    seed=settings["seed"],
+                    max_length=settings["max_length"],
+                    pad_id=pad_id,
+                    start=start,
+                ),
+                then,
             )
 
         def for_worker(worker, workers):
             files = self.files[worker::workers]
             local = replicas // workers
-            return data.streamed_training_stream(
+            stream = data.streamed_training_stream(
                 lambda: self._sequences(files),
                 -(-settings["batch_size"] // replicas),
                 seed=settings["seed"] + worker,
@@ -206,6 +212,7 @@ class Streamed:
                 start=start * local,
                 fixed_length=True,
             )
+            return data.mapped(stream, then)
 
         return distribute.worker_batches(for_worker, strategy)
 

@@ -51,6 +51,9 @@ class VariableSchedule(keras.callbacks.Callback):
             `TokenMasking.selection_rate_variable`.
         schedule: callable from the step (or epoch) number to a value.
         per: `"batch"` or `"epoch"`. Defaults to `"batch"`.
+        initial_step: int >= 0. The step (batch) count to start from: a
+            run resumed at step `n` passes `n`, so that it sets the values
+            an uninterrupted run sets. Defaults to `0`.
 
     Example:
 
@@ -61,7 +64,7 @@ class VariableSchedule(keras.callbacks.Callback):
     ...     masking.selection_rate_variable, linear(0.30, 0.15, 1000))
     """
 
-    def __init__(self, variable, schedule, per="batch"):
+    def __init__(self, variable, schedule, per="batch", initial_step=0):
         super().__init__()
         if per not in ("batch", "epoch"):
             raise ValueError(
@@ -74,7 +77,7 @@ class VariableSchedule(keras.callbacks.Callback):
         self.variable = variable
         self.schedule = schedule
         self.per = per
-        self._step = 0
+        self._step = check_int("initial_step", initial_step, minimum=0)
 
     def on_train_batch_begin(self, batch, logs=None):
         if self.per == "batch":
