@@ -19,10 +19,10 @@ SIZES = {
 }
 
 
-def tiny_masked_lm(mask_token_id, unselectable_ids, seed=0):
+def tiny_masked_lm(mask_token_id, unselectable_ids, seed=0, **masking):
     """The masked-LM the distributed tests train, compiled: one block 16
     wide over the test vocabulary, no dropout, a quarter of the tokens
-    selected (at most 4 a row)."""
+    selected (at most 4 a row); `masking` adds `TokenMasking` arguments."""
     import keras_dynmask as kd
     from keras_dynmask import models
 
@@ -41,6 +41,7 @@ def tiny_masked_lm(mask_token_id, unselectable_ids, seed=0):
         max_selections=4,
         selection_rate=0.25,
         seed=seed,
+        **masking,
     )
     model = models.MaskedLM(encoder, masking)
     model.compile(optimizer=keras.optimizers.Adam(5e-3))

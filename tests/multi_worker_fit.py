@@ -1,6 +1,7 @@
 """Run by test_multi_worker.py: one worker of a MultiWorkerMirroredStrategy
 cluster on this machine (loopback), or one process alone, training a
-masked-LM encoder on the same global batches.
+masked-LM encoder with whole-word masking (words from the token ids, as
+`pretrain --masking whole-word` does) on the same global batches.
 
 python tests/multi_worker_fit.py INDEX PORT,PORT,...   # a worker
 python tests/multi_worker_fit.py 0 alone                # one process
@@ -42,7 +43,12 @@ def main():
         for _ in range(150)
     ]
     with STRATEGY.scope():
-        model = tiny_masked_lm(mask_token_id=4, unselectable_ids=[2, 3, 4])
+        model = tiny_masked_lm(
+            mask_token_id=4,
+            unselectable_ids=[2, 3, 4],
+            # Ids 5, 8, 11, ... continue the word before them.
+            continuation_ids=range(5, 50, 3),
+        )
         masking = model.masking
         model(np.array([[2, 5, 3]], "int32"))
 

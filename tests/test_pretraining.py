@@ -291,13 +291,11 @@ def _stop_at(step):
     return StopAt()
 
 
-def test_masking_strategies_train_and_resume_as_they_run(tmp_path, monkeypatch):
-    """Whole-word masking with a decaying rate: the batches `fit` gets
-    flag where words start, the rate follows the step (resumed runs set
-    what uninterrupted ones set: the same weights, bit for bit), and
-    held-out accuracy is scored on single-token masks at the final rate."""
-    from keras_dynmask.app import training_data
-
+def test_masking_strategies_train_and_resume_as_they_run(tmp_path):
+    """Whole-word masking with a decaying rate: words are never split,
+    the rate follows the step (resumed runs set what uninterrupted ones
+    set: the same weights, bit for bit), and held-out accuracy is scored on
+    single-token masks at the final rate."""
     path = _write_corpus(tmp_path)
     settings = {
         **TINY,
@@ -306,15 +304,6 @@ def test_masking_strategies_train_and_resume_as_they_run(tmp_path, monkeypatch):
         "selection_rate": 0.4,
         "final_selection_rate": 0.2,
     }
-    given = []
-    batches = training_data.InMemory.batches
-
-    def spied(self, *args, **kwargs):
-        stream = batches(self, *args, **kwargs)
-        given.append((next(iter(stream)), self.tokenizer.vocabulary))
-        return stream
-
-    monkeypatch.setattr(training_data.InMemory, "batches", spied)
     common = {"corpus_path": path, "epochs": 2, "steps_per_epoch": 6}
     common.update(log=lambda line: None, **settings)
     output = tmp_path / "resumed"
@@ -331,14 +320,15 @@ def test_masking_strategies_train_and_resume_as_they_run(tmp_path, monkeypatch):
     ):
         np.testing.assert_array_equal(resumed, straight)
 
-    inputs, vocabulary = given[0]
-    ids, starts = inputs["token_ids"].numpy(), inputs["word_starts"].numpy()
-    pieces = np.array([t.startswith("##") for t in vocabulary])[ids]
-    np.testing.assert_array_equal(starts, ~pieces)
+    model, tokenizer = pretraining.load(whole)
+    ids = tokenizer.encode(path.read_text().split("\n\n")[:64])
+    pieces = np.array([t.startswith("##") for t in tokenizer.vocabulary])[ids]
     assert pieces.any()  # some words are more than one token
-    import keras
-
-    model = keras.saving.load_model(whole / "model.keras")
+    chosen = model.masking(ids, training=True)["mask"].numpy()
+    # A piece is chosen exactly when the token before it is.
+    before = np.pad(chosen, ((0, 0), (1, 0)))[:, :-1]
+    np.testing.assert_array_equal(chosen[pieces], before[pieces])
+    assert chosen[pieces].any()
     # Set before the last of 12 steps: 0.4 + (0.2 - 0.4) * 11 / 12.
     rate = model.masking.selection_rate_variable.numpy()
     np.testing.assert_allclose(rate, 0.4 - 0.2 * 11 / 12, rtol=1e-6)
@@ -372,6 +362,7 @@ def test_masking_settings_are_checked(settings, message):
     [
         ({}, {"static": False, "span_masking": False}),
         ({"masking": "span"}, {"static": False, "span_masking": True}),
+        ({"masking": "whole-word"}, {"span_masking": False}),
         ({"static_masks": 4}, {"static": True, "dupe_factor": 4}),
     ],
 )
@@ -382,6 +373,12 @@ def test_the_masking_settings_build_their_layer(tmp_path, settings, expected):
     model = pretraining._build(tokenizer, settings)
     config = model.masking.get_config()
     assert {key: config[key] for key in expected} == expected
+    pieces = [
+        i for i, t in enumerate(tokenizer.vocabulary) if t.startswith("##")
+    ]
+    words = settings["masking"] != "token"
+    assert config["continuation_ids"] == (pieces if words else [])
+    assert pieces  # the vocabulary has pieces to tell words by
     evaluation = model.evaluation_masking.get_config()
     # Every strategy is scored on single tokens, drawn once.
     assert evaluation["static"] and not evaluation["span_masking"]

@@ -142,6 +142,28 @@ def test_whole_words_are_never_split():
                 assert selected[row][members].all(), (row, word)
 
 
+@pytest.mark.parametrize("span_masking", [False, True])
+def test_continuation_ids_give_the_words_word_starts_give(span_masking):
+    """Words from the ids (`continuation_ids`, no dict inputs) are those
+    of the `word_starts` flags they imply: the same masks, step by step."""
+    ids = _batch(seed=9)
+    pieces = [i for i in range(4, VOCAB) if i % 3 == 1]
+    starts = ~np.isin(ids, pieces)
+    options = {"selection_rate": 0.3, "max_selections": 10, "seed": 4}
+    flagged = _layer(span_masking=span_masking, **options)
+    from_ids = _layer(
+        span_masking=span_masking, continuation_ids=pieces, **options
+    )
+    for _ in range(3):
+        want = flagged(ids, word_starts=starts, training=True)
+        got = from_ids(ids, training=True)
+        for name in want:
+            np.testing.assert_array_equal(to_numpy(got[name]), want[name])
+    assert np.isin(ids, pieces).any() and np.asarray(want["mask"]).any()
+    clone = kd.TokenMasking.from_config(from_ids.get_config())
+    assert clone.continuation_ids == sorted(pieces)
+
+
 def test_seeds_and_steps():
     ids = _batch(rows=8)
     a, b = _layer(seed=5), _layer(seed=5)
@@ -351,6 +373,8 @@ def test_a_model_with_the_layer_converts_to_tflite(tmp_path):
         ({"span_p": 1.5}, "span_p=1.5"),
         ({"max_span_length": 0}, "max_span_length=0"),
         ({"dupe_factor": 0}, "dupe_factor=0"),
+        ({"continuation_ids": "ab"}, "continuation_ids='ab'"),
+        ({"continuation_ids": [3, VOCAB]}, f"continuation_ids with {VOCAB}"),
     ],
 )
 def test_bad_arguments(kwargs, message):

@@ -338,18 +338,12 @@ def _train(
         )
         variable = model.masking.selection_rate_variable
         schedules.append(VariableSchedule(variable, rate, initial_step=done))
-    # Whole words (and spans of them) need to know where words start.
-    inputs = None
-    if settings["masking"] != "token":
-        inputs = data.word_start_inputs(corpus_data.tokenizer.vocabulary)
 
     def fit(first_epoch, last_epoch, steps):
         # Batch n of the stream is the same in every run: a resumed run
         # rejoins it at the step it restored.
         step = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
-        stream = corpus_data.batches(
-            step, strategy, model.masking.pad_id, then=inputs
-        )
+        stream = corpus_data.batches(step, strategy, model.masking.pad_id)
         model.fit(
             stream,
             initial_epoch=first_epoch,
@@ -467,6 +461,13 @@ def _build(tokenizer, settings):
         )
 
     options = {}
+    if settings["masking"] != "token":
+        # Words from the ids: "##..." pieces continue the word before them.
+        options["continuation_ids"] = [
+            i
+            for i, piece in enumerate(tokenizer.vocabulary)
+            if piece.startswith("##")
+        ]
     if settings["masking"] == "span":
         options["span_masking"] = True
     if settings["static_masks"]:

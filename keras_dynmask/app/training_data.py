@@ -68,10 +68,9 @@ class InMemory:
     def check(self, strategy):
         """Nothing to check: every worker reads the whole corpus."""
 
-    def batches(self, start, strategy, pad_id, then=None):
+    def batches(self, start, strategy, pad_id):
         """The training stream from batch `start`, for `strategy`'s
-        replicas (each its slice of every global batch), each batch of
-        token ids mapped by `then` if given."""
+        replicas (each its slice of every global batch)."""
         return distribute.replica_batches(
             lambda: data.training_stream(
                 self.sequences,
@@ -81,7 +80,6 @@ class InMemory:
             ),
             strategy,
             pad_id=pad_id,
-            then=then,
         )
 
 
@@ -180,30 +178,26 @@ class Streamed:
                 f"{len(self.files)}"
             )
 
-    def batches(self, start, strategy, pad_id, then=None):
+    def batches(self, start, strategy, pad_id):
         """The training stream from global batch `start`: one stream of
         global batches, or, under several workers, each worker's stream of
-        its own files in fixed-size batches for its replicas; each batch
-        of token ids mapped by `then` if given."""
+        its own files in fixed-size batches for its replicas."""
         settings = self.settings
         replicas = strategy.num_replicas_in_sync
         if replicas == 1:
-            return data.mapped(
-                data.streamed_training_stream(
-                    lambda: self._sequences(self.files),
-                    settings["batch_size"],
-                    seed=settings["seed"],
-                    max_length=settings["max_length"],
-                    pad_id=pad_id,
-                    start=start,
-                ),
-                then,
+            return data.streamed_training_stream(
+                lambda: self._sequences(self.files),
+                settings["batch_size"],
+                seed=settings["seed"],
+                max_length=settings["max_length"],
+                pad_id=pad_id,
+                start=start,
             )
 
         def for_worker(worker, workers):
             files = self.files[worker::workers]
             local = replicas // workers
-            stream = data.streamed_training_stream(
+            return data.streamed_training_stream(
                 lambda: self._sequences(files),
                 -(-settings["batch_size"] // replicas),
                 seed=settings["seed"] + worker,
@@ -212,7 +206,6 @@ class Streamed:
                 start=start * local,
                 fixed_length=True,
             )
-            return data.mapped(stream, then)
 
         return distribute.worker_batches(for_worker, strategy)
 

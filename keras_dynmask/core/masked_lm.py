@@ -50,14 +50,33 @@ def word_starts_from_vocabulary(token_ids, vocabulary):
     >>> word_starts_from_vocabulary([[1, 2, 3, 4, 0]], vocab).numpy()
     array([[ True, False,  True, False,  True]])
     """
-    continues = [str(token).startswith("##") for token in vocabulary]
+    vocabulary = list(vocabulary)
+    pieces = [i for i, t in enumerate(vocabulary) if str(t).startswith("##")]
+    return word_starts_from_ids(token_ids, pieces, len(vocabulary))
+
+
+def word_starts_from_ids(token_ids, continuation_ids, vocabulary_size):
+    """Flags the tokens that start a word: all but `continuation_ids`.
+
+    Args:
+        token_ids: int `(B, T)`.
+        continuation_ids: list of ints, the tokens that continue the word
+            before them (WordPiece's `##...`).
+        vocabulary_size: int. Ids outside `[0, vocabulary_size)` count as
+            word starts.
+
+    Returns:
+        bool `(B, T)`.
+    """
+    continues = [False] * vocabulary_size
+    for i in continuation_ids:
+        continues[i] = True
     table = ops.convert_to_tensor(continues + [False], "bool")
-    size = len(continues)
     token_ids = ops.convert_to_tensor(token_ids, "int32")
     inside = ops.logical_and(
-        ops.greater_equal(token_ids, 0), ops.less(token_ids, size)
+        ops.greater_equal(token_ids, 0), ops.less(token_ids, vocabulary_size)
     )
-    index = ops.where(inside, token_ids, size)
+    index = ops.where(inside, token_ids, vocabulary_size)
     return ops.logical_not(ops.take(table, index))
 
 

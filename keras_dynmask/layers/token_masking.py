@@ -77,6 +77,14 @@ class TokenMasking(keras.layers.Layer):
             mask / random / keep decision per span. Defaults to `False`.
         span_p: float in `(0, 1)`. Defaults to `0.2`.
         max_span_length: int >= 1, in words. Defaults to `10`.
+        continuation_ids: list of ints in `[0, vocabulary_size)`, the
+            tokens that continue the word before them (WordPiece's
+            `##...`). With them, the words of whole-word and span masking
+            come from `token_ids` alone, without `word_starts` (a
+            `word_starts` given still wins): no dict inputs, on which
+            Keras 3.15's `fit` fails from a dataset distributed over
+            several replicas. Defaults to `()` (words only from
+            `word_starts`).
         **kwargs: base layer arguments.
 
     Call arguments:
@@ -125,6 +133,7 @@ class TokenMasking(keras.layers.Layer):
         span_masking=False,
         span_p=0.2,
         max_span_length=10,
+        continuation_ids=(),
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -185,6 +194,27 @@ class TokenMasking(keras.layers.Layer):
         self.max_span_length = check_int(
             "max_span_length", max_span_length, minimum=1
         )
+        if isinstance(continuation_ids, (str, bytes)) or not hasattr(
+            continuation_ids, "__iter__"
+        ):
+            raise ValueError(
+                "continuation_ids must be a list of ints, received "
+                f"continuation_ids={continuation_ids!r}"
+            )
+        self.continuation_ids = sorted(
+            {check_int("continuation_ids[]", i) for i in continuation_ids}
+        )
+        outside = [
+            i
+            for i in self.continuation_ids
+            if not 0 <= i < self.vocabulary_size
+        ]
+        if outside:
+            raise ValueError(
+                f"continuation_ids must be in [0, vocabulary_size="
+                f"{self.vocabulary_size}), received continuation_ids with "
+                f"{outside[0]}"
+            )
 
         excluded = set(self.unselectable_ids) | {self.mask_token_id}
         if self.pad_id is not None:
@@ -241,6 +271,10 @@ class TokenMasking(keras.layers.Layer):
                 mask=None if incoming is None else incoming[None],
             )
             return {name: value[0] for name, value in outputs.items()}
+        if word_starts is None and self.continuation_ids:
+            word_starts = masked_lm.word_starts_from_ids(
+                token_ids, self.continuation_ids, self.vocabulary_size
+            )
         valid = self.valid_positions(token_ids)
         if incoming is not None:
             valid = ops.logical_and(valid, ops.cast(incoming, "bool"))
@@ -379,6 +413,7 @@ class TokenMasking(keras.layers.Layer):
             "span_masking": self.span_masking,
             "span_p": self.span_p,
             "max_span_length": self.max_span_length,
+            "continuation_ids": list(self.continuation_ids),
         }
 
 

@@ -41,7 +41,10 @@ class MaskedLM(keras.Model):
 
     For whole-word or span masking over words, give `fit` dicts of
     `token_ids` and `word_starts` (see
-    `keras_dynmask.tf.data.with_word_starts`) instead of `token_ids`.
+    `keras_dynmask.tf.data.with_word_starts`) instead of `token_ids`, or
+    give `masking` the vocabulary's `continuation_ids` (then `fit` takes
+    token ids alone, as it must from a dataset distributed over several
+    replicas: Keras 3.15's `fit` fails on dict inputs there).
 
     Args:
         encoder: a model from `build_encoder` (input `token_ids`).

@@ -294,27 +294,12 @@ def with_word_starts(dataset, vocabulary):
     >>> next(iter(with_word_starts(ids, vocab)))["word_starts"].numpy()
     array([[ True, False,  True,  True]])
     """
-    return mapped(dataset, word_start_inputs(vocabulary))
-
-
-def word_start_inputs(vocabulary):
-    """The function from a batch of token ids to `MaskedLM`'s inputs for
-    whole-word or span masking: `token_ids` and bool `word_starts` (a
-    WordPiece token `##...` continues the word before it)."""
     vocabulary = list(vocabulary)
 
-    def inputs(token_ids):
+    def pair(token_ids):
         starts = word_starts_from_vocabulary(token_ids, vocabulary)
         return {"token_ids": token_ids, "word_starts": starts}
 
-    return inputs
-
-
-def mapped(dataset, function):
-    """`dataset` with `function` applied to each element, in order; the
-    dataset itself when `function` is `None`."""
-    if function is None:
-        return dataset
     return dataset.map(
-        function, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+        pair, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
     )

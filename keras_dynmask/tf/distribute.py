@@ -16,7 +16,6 @@ import os
 
 import tensorflow as tf
 
-from keras_dynmask.tf import data
 from keras_dynmask.tf.quiet import held_back_stderr
 
 
@@ -87,7 +86,7 @@ def is_chief(strategy=None):
     return strategy.extended.should_checkpoint
 
 
-def replica_batches(make_dataset, strategy=None, pad_id=0, then=None):
+def replica_batches(make_dataset, strategy=None, pad_id=0):
     """Batches of `make_dataset()` for each replica of `strategy`.
 
     Args:
@@ -96,8 +95,6 @@ def replica_batches(make_dataset, strategy=None, pad_id=0, then=None):
             get the same batches.
         strategy: defaults to the current one.
         pad_id: int, for the rows that even out the slices.
-        then: a function of each replica's batch of token ids (e.g. to a
-            dict of model inputs), or `None`.
 
     Returns:
         The dataset itself for one replica; else a distributed dataset in
@@ -107,7 +104,7 @@ def replica_batches(make_dataset, strategy=None, pad_id=0, then=None):
     strategy = strategy or tf.distribute.get_strategy()
     replicas = strategy.num_replicas_in_sync
     if replicas == 1:
-        return data.mapped(make_dataset(), then)
+        return make_dataset()
 
     def for_worker(context):
         local = context.num_replicas_in_sync // context.num_input_pipelines
@@ -122,7 +119,7 @@ def replica_batches(make_dataset, strategy=None, pad_id=0, then=None):
             )
 
         batches = make_dataset()
-        dataset = data.mapped(batches.flat_map(slices), then)
+        dataset = batches.flat_map(slices)
         count = int(batches.cardinality())
         if count >= 0:  # finite and known: Keras stops there, not at an error
             dataset = dataset.apply(
