@@ -23,6 +23,7 @@ from keras_dynmask.app import training_data
 from keras_dynmask.app.checkpoints import StepBackup
 from keras_dynmask.app.pretraining_defaults import DEFAULTS
 from keras_dynmask.app.pretraining_defaults import MASKINGS
+from keras_dynmask.core import masked_lm
 from keras_dynmask.core._checks import check_fraction
 from keras_dynmask.core._checks import check_int
 from keras_dynmask.layers import TokenMasking
@@ -463,11 +464,8 @@ def _build(tokenizer, settings):
     options = {}
     if settings["masking"] != "token":
         # Words from the ids: "##..." pieces continue the word before them.
-        options["continuation_ids"] = [
-            i
-            for i, piece in enumerate(tokenizer.vocabulary)
-            if piece.startswith("##")
-        ]
+        continues = masked_lm.continuation_table(tokenizer.vocabulary)
+        options["continuation_ids"] = np.flatnonzero(continues).tolist()
     if settings["masking"] == "span":
         options["span_masking"] = True
     if settings["static_masks"]:
@@ -477,7 +475,7 @@ def _build(tokenizer, settings):
     )
     final_rate = settings["final_selection_rate"]
     evaluation_masking = None
-    if final_rate is not None or settings["masking"] != "token" or options:
+    if final_rate is not None or options:
         # Scored on single-token masks at the rate training ends at, as a
         # run with the default masking is: held-out accuracies compare.
         evaluation_masking = token_masking(

@@ -20,6 +20,7 @@ results are a function of (key, position) only.
 
 import math
 
+import numpy as np
 from keras import ops
 
 from keras_dynmask.core import _random
@@ -50,28 +51,28 @@ def word_starts_from_vocabulary(token_ids, vocabulary):
     >>> word_starts_from_vocabulary([[1, 2, 3, 4, 0]], vocab).numpy()
     array([[ True, False,  True, False,  True]])
     """
-    vocabulary = list(vocabulary)
-    pieces = [i for i, t in enumerate(vocabulary) if str(t).startswith("##")]
-    return word_starts_from_ids(token_ids, pieces, len(vocabulary))
+    return word_starts_from_table(token_ids, continuation_table(vocabulary))
 
 
-def word_starts_from_ids(token_ids, continuation_ids, vocabulary_size):
-    """Flags the tokens that start a word: all but `continuation_ids`.
+def continuation_table(vocabulary):
+    """Bools by id: `True` for a token that continues the word before it
+    (a WordPiece token whose text starts with `##`)."""
+    return [str(token).startswith("##") for token in vocabulary]
+
+
+def word_starts_from_table(token_ids, continues):
+    """Flags the tokens that start a word: all but those `continues` marks.
 
     Args:
         token_ids: int `(B, T)`.
-        continuation_ids: list of ints, the tokens that continue the word
-            before them (WordPiece's `##...`).
-        vocabulary_size: int. Ids outside `[0, vocabulary_size)` count as
-            word starts.
+        continues: bools by id (`continuation_table`). Ids outside it
+            count as word starts.
 
     Returns:
         bool `(B, T)`.
     """
-    continues = [False] * vocabulary_size
-    for i in continuation_ids:
-        continues[i] = True
-    table = ops.convert_to_tensor(continues + [False], "bool")
+    vocabulary_size = len(continues)
+    table = ops.convert_to_tensor(np.append(np.asarray(continues, bool), False))
     token_ids = ops.convert_to_tensor(token_ids, "int32")
     inside = ops.logical_and(
         ops.greater_equal(token_ids, 0), ops.less(token_ids, vocabulary_size)

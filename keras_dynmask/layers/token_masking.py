@@ -215,6 +215,8 @@ class TokenMasking(keras.layers.Layer):
                 f"{self.vocabulary_size}), received continuation_ids with "
                 f"{outside[0]}"
             )
+        self._continues = np.zeros(self.vocabulary_size, bool)
+        self._continues[self.continuation_ids] = True
 
         excluded = set(self.unselectable_ids) | {self.mask_token_id}
         if self.pad_id is not None:
@@ -272,8 +274,8 @@ class TokenMasking(keras.layers.Layer):
             )
             return {name: value[0] for name, value in outputs.items()}
         if word_starts is None and self.continuation_ids:
-            word_starts = masked_lm.word_starts_from_ids(
-                token_ids, self.continuation_ids, self.vocabulary_size
+            word_starts = masked_lm.word_starts_from_table(
+                token_ids, self._continues
             )
         valid = self.valid_positions(token_ids)
         if incoming is not None:
